@@ -1,0 +1,43 @@
+"""fifoflow: a FIFO, greedy, lossless job queue on Redis/Valkey for Prefect flows."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ConnectionFailed,
+    FifoflowError,
+    JobFailed,
+    JobNotFound,
+    QueueFull,
+    ServerError,
+    UsageError,
+)
+from .queue import Job, Queue
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConnectionFailed",
+    "FifoflowError",
+    "Job",
+    "JobFailed",
+    "JobNotFound",
+    "Queue",
+    "QueueFull",
+    "ServerError",
+    "UsageError",
+    "Worker",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The worker pulls in threading machinery producers do not need; import it on demand.
+    if name == "Worker":
+        from .worker import Worker
+
+        return Worker
+    raise AttributeError(name)

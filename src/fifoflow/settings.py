@@ -1,0 +1,37 @@
+"""Configuration from the environment (``FIFOFLOW_*``), read once per process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob a deployment may need; the contract fixes the first three names."""
+
+    model_config = SettingsConfigDict(env_prefix="FIFOFLOW_", extra="ignore")
+
+    url: str | None = Field(default=None, description="redis://, rediss:// or unix:// URL")
+    home: Path = Field(default=Path.home() / ".fifoflow")
+    queue: str = "default"
+
+    #: Lease of a claimed job; heartbeats renew it every third of it.
+    lease_seconds: float = 10.0
+    #: How long finished job records (results, dead letters) are kept.
+    result_ttl_seconds: int = 7 * 24 * 3600
+    #: Exponential back-off of retries: base * 2**(failures-1), capped, times a jitter in [0.5, 1].
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    #: Embedded server durability: "everysec" (default) or "always".
+    appendfsync: str = "everysec"
+    #: Largest accepted params document, in bytes of JSON.
+    max_params_bytes: int = 1024 * 1024
+    #: Seconds to wait for a connection before giving up with a clear error.
+    connect_timeout: float = 3.0
+
+
+def get_settings() -> Settings:
+    """Fresh settings: tests and CLI change the environment between calls."""
+    return Settings()
