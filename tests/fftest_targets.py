@@ -1,0 +1,52 @@
+"""Targets the tests push; workers in tests are started with this module."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add(x: int, y: int = 0) -> int:
+    return x + y
+
+
+def echo(**params: Any) -> dict[str, Any]:
+    return params
+
+
+def noop() -> None:
+    return None
+
+
+def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def not_json() -> object:
+    return {1, 2}
+
+
+def sleep(seconds: float, **_: Any) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def record(log: str, n: int, seconds: float = 0.0, **_: Any) -> int:
+    """Append a start line (and sleep) so tests can check order and double runs."""
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"n": n, "pid": os.getpid(), "t": time.time()}) + "\n")
+    if seconds:
+        time.sleep(seconds)
+    return n
+
+
+def flaky(marker: str) -> str:
+    """Fails on the first attempt, succeeds on the second (state in a marker file)."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("1")
+        raise RuntimeError("first attempt fails")
+    return "ok"
