@@ -35,7 +35,7 @@ def redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> redis.Redis[str]:
+def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> redis.Redis:
     """A client with decoded responses; with ``check`` it pings first, so a bad URL or
     password fails here in a few seconds with one clear line, not on first use."""
     settings = get_settings()
@@ -52,7 +52,7 @@ def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> red
     }
     options.update(kwargs)
     try:
-        client: redis.Redis[str] = redis.Redis.from_url(url, **options)
+        client: redis.Redis = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as e:
         raise ConnectionFailed(f"invalid server URL {redact(url)!r}: {e}") from None
     if check:
@@ -60,7 +60,7 @@ def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> red
     return client
 
 
-def ping(client: redis.Redis[str], url: str) -> None:
+def ping(client: redis.Redis, url: str) -> None:
     try:
         client.ping()
     except redis.AuthenticationError as e:

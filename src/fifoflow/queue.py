@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -27,7 +27,9 @@ from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-TARGET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+TARGET_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
 STATUSES = ("queued", "delayed", "running", "succeeded", "dead", "cancelled")
 #: push_many sends jobs in batches of this size; each batch is one atomic script call.
 BATCH = 5000
@@ -43,9 +45,7 @@ def validate_target(target: object) -> str:
 
 def validate_name(kind: str, name: object) -> str:
     if not isinstance(name, str) or not keys.valid_name(name):
-        raise UsageError(
-            f"invalid {kind} name {name!r}: use 1-64 letters, digits, '_', '-' or '.'"
-        )
+        raise UsageError(f"invalid {kind} name {name!r}: use 1-64 letters, digits, '_', '-' or '.'")
     return name
 
 
@@ -230,12 +230,12 @@ class Queue:
         name: str | None = None,
         url: str | None = None,
         *,
-        client: redis.Redis[str] | None = None,
+        client: redis.Redis | None = None,
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.name = validate_name("queue", name or self.settings.queue)
-        self.client: redis.Redis[str] = client or connect(url)
+        self.client: redis.Redis = client or connect(url)
         self.scripts = Scripts(self.client)
         self._prefix = keys.prefix(self.name)
         self._suffix = keys.id_suffix(self.name)
@@ -299,7 +299,9 @@ class Queue:
             raise UsageError("keys_ must have one entry per parameter set")
         for k in job_keys:
             if k is not None and (not isinstance(k, str) or not 0 < len(k) <= MAX_KEY_LENGTH):
-                raise UsageError(f"key must be a non-empty string of at most {MAX_KEY_LENGTH} chars")
+                raise UsageError(
+                    f"key must be a non-empty string of at most {MAX_KEY_LENGTH} chars"
+                )
         if not encoded:
             return []
         common = [
@@ -343,7 +345,9 @@ class Queue:
 
     # -- working (the worker's side) -----------------------------------------------
 
-    def claim(self, worker: str, n: int, pools: Sequence[str], lease: float) -> tuple[float, list[Claimed]]:
+    def claim(
+        self, worker: str, n: int, pools: Sequence[str], lease: float
+    ) -> tuple[float, list[Claimed]]:
         reply = self.scripts.claim(keys=[self._prefix], args=[worker, repr(lease), n, *pools])
         return float(reply[0]), _parse_claimed(self.name, reply[1:])
 
@@ -402,12 +406,14 @@ class Queue:
         return int(self.scripts.release(keys=[self._prefix], args=args))
 
     def maintain(self) -> tuple[int, int, int]:
-        """Promote due jobs, reap expired leases, trim expired records: (promoted, reaped, trimmed)."""
-        p, r, t = self.scripts.maintain(keys=[self._prefix], args=[self.settings.result_ttl_seconds])
+        """Promote due, reap expired, trim old records: (promoted, reaped, trimmed)."""
+        p, r, t = self.scripts.maintain(
+            keys=[self._prefix], args=[self.settings.result_ttl_seconds]
+        )
         return int(p), int(r), int(t)
 
     def pools(self) -> list[str]:
-        return sorted(self.client.smembers(keys.pools(self.name)))
+        return sorted(str(p) for p in self.client.smembers(keys.pools(self.name)))
 
     def wake_keys(self, pools: Sequence[str]) -> list[str]:
         return [keys.wake(self.name, p) for p in pools]
@@ -415,11 +421,12 @@ class Queue:
     # -- inspecting ------------------------------------------------------------------
 
     def record(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.client.hgetall(keys.job(self.name, job_id))
+        raw = cast(dict[str, str], self.client.hgetall(keys.job(self.name, job_id)))
         return job_record(self.name, job_id, raw) if raw else None
 
     def traceback(self, job_id: str) -> str | None:
-        return self.client.hget(keys.job(self.name, job_id), "traceback") or None
+        tb = self.client.hget(keys.job(self.name, job_id), "traceback")
+        return str(tb) if tb else None
 
     def job(self, job_id: str) -> Job:
         record = self.record(job_id)
@@ -481,13 +488,17 @@ class Queue:
         pipe = self.client.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(keys.job(self.name, i))
-        return [job_record(self.name, i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw]
+        return [
+            job_record(self.name, i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw
+        ]
 
     # -- changing ----------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
         """True if the job is now cancelled; False if it had already started or finished."""
-        status = self.scripts.cancel(keys=[self._prefix], args=[job_id, self.settings.result_ttl_seconds])
+        status = self.scripts.cancel(
+            keys=[self._prefix], args=[job_id, self.settings.result_ttl_seconds]
+        )
         if status == "":
             raise JobNotFound(job_id)
         return bool(status == "cancelled")
@@ -506,5 +517,5 @@ class Queue:
         return int(self.scripts.purge(keys=[self._prefix], args=[]))
 
 
-def known_queues(client: redis.Redis[str]) -> list[str]:
-    return sorted(client.smembers(keys.QUEUES))
+def known_queues(client: redis.Redis) -> list[str]:
+    return sorted(str(q) for q in client.smembers(keys.QUEUES))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -23,7 +22,7 @@ def source(name: str) -> str:
 class Scripts:
     """The registered scripts of one client, as attributes: ``scripts.push(keys, args)``."""
 
-    def __init__(self, client: redis.Redis[Any]) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self._scripts: dict[str, Script] = {n: client.register_script(source(n)) for n in NAMES}
 
     def __getattr__(self, name: str) -> Script:

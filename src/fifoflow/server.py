@@ -78,7 +78,7 @@ def binary() -> Path:
 def _ping(paths: Paths) -> bool:
     if not paths.socket.exists():
         return False
-    client: redis.Redis[Any] = redis.Redis(unix_socket_path=str(paths.socket), socket_timeout=2)
+    client: redis.Redis = redis.Redis(unix_socket_path=str(paths.socket), socket_timeout=2)
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -140,7 +140,9 @@ def ensure_running(home: Path, appendfsync: str = "everysec", port: int = 0) -> 
     if _ping(paths):
         return paths.url
     if appendfsync not in ("everysec", "always", "no"):
-        raise ServerError(f"FIFOFLOW_APPENDFSYNC must be everysec, always or no, not {appendfsync!r}")
+        raise ServerError(
+            f"FIFOFLOW_APPENDFSYNC must be everysec, always or no, not {appendfsync!r}"
+        )
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths.data.mkdir(exist_ok=True, mode=0o700)
     with _locked(paths):
@@ -186,9 +188,7 @@ def status(home: Path) -> dict[str, Any] | None:
     paths = Paths(home)
     if not _ping(paths):
         return None
-    client: redis.Redis[Any] = redis.Redis(
-        unix_socket_path=str(paths.socket), decode_responses=True
-    )
+    client: redis.Redis = redis.Redis(unix_socket_path=str(paths.socket), decode_responses=True)
     try:
         info = client.info()
     finally:
@@ -206,9 +206,7 @@ def status(home: Path) -> dict[str, Any] | None:
 
 
 def _config_get(paths: Paths, name: str) -> str | None:
-    client: redis.Redis[Any] = redis.Redis(
-        unix_socket_path=str(paths.socket), decode_responses=True
-    )
+    client: redis.Redis = redis.Redis(unix_socket_path=str(paths.socket), decode_responses=True)
     try:
         value = client.config_get(name).get(name)
         return str(value) if value is not None else None
@@ -223,7 +221,7 @@ def stop(home: Path, timeout: float = 15.0) -> int | None:
     if pid is None and not _ping(paths):
         return None
     if _ping(paths):
-        client: redis.Redis[Any] = redis.Redis(unix_socket_path=str(paths.socket))
+        client: redis.Redis = redis.Redis(unix_socket_path=str(paths.socket))
         with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
             client.shutdown()
         client.close()

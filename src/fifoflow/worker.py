@@ -17,6 +17,8 @@ Threads, and who talks to the server:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -30,7 +32,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -171,10 +173,8 @@ class Worker:
         self._monitor_wake.set()
         with self._idle_changed:
             self._idle_changed.notify_all()
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client.client_unblock(self._blocking_id)
-        except redis.RedisError:
-            pass
 
     # -- dispatching -----------------------------------------------------------
 
@@ -199,7 +199,7 @@ class Worker:
                 if len(got) >= want:
                     break
                 nxt, jobs = self._retrying(
-                    lambda q=q, n=want - len(got): q.claim(self.name, n, self.pools, self.lease)
+                    functools.partial(q.claim, self.name, want - len(got), self.pools, self.lease)
                 )
                 got += jobs
                 if nxt >= 0:
@@ -268,7 +268,7 @@ class Worker:
                     return
                 if self._stopping.is_set():
                     # Claimed just before the stop, never started: back to its place.
-                    self._quietly(lambda job=job: self._by_name[job.queue].release([job]))
+                    self._quietly(functools.partial(self._by_name[job.queue].release, [job]))
                     job = None
                     continue
             run = Run(job, time.monotonic(), None)
@@ -344,10 +344,17 @@ class Worker:
             try:
                 text = json.dumps(result, separators=(",", ":"), allow_nan=False)
             except (TypeError, ValueError) as e:
-                raise ResultNotJSON(f"{job.target} returned a value that is not JSON: {e}") from None
+                raise ResultNotJSON(
+                    f"{job.target} returned a value that is not JSON: {e}"
+                ) from None
             return "ok", text, "", extra
         except Exception as e:
-            return "fail", one_line(e), traceback.format_exc(), getattr(e, "fifoflow_extra", ("", ""))
+            return (
+                "fail",
+                one_line(e),
+                traceback.format_exc(),
+                getattr(e, "fifoflow_extra", ("", "")),
+            )
 
     def invoke(
         self, job: Claimed, fn: Callable[..., Any], params: dict[str, Any]
@@ -368,7 +375,7 @@ class Worker:
                 f"({', '.join(self.modules)}); it was not imported"
             )
         module = importlib.import_module(module_name)
-        fn = getattr(module, attr)
+        fn = cast(Callable[..., Any], getattr(module, attr))
         if not callable(fn):
             raise TypeError(f"target {target!r} is not callable")
         self._fn_cache[target] = fn
@@ -404,7 +411,9 @@ class Worker:
             mine = [j for j in running if j.queue == q.name]
             lost = q.extend(mine, self.lease)
             for job_id in lost:
-                log.warning("job %s: lease lost to another worker; its outcome will be refused", job_id)
+                log.warning(
+                    "job %s: lease lost to another worker; its outcome will be refused", job_id
+                )
         self._register(running)
 
     def _check_timeouts(self, now: float) -> list[float]:
@@ -425,9 +434,7 @@ class Worker:
             job = run.job
             msg = f"TimeoutError: job exceeded its timeout of {job.timeout:g}s"
             q = self._by_name[job.queue]
-            result = self._retrying(
-                lambda q=q, job=job, msg=msg: q.complete(job, "fail", msg), forever=True
-            )
+            result = self._retrying(functools.partial(q.complete, job, "fail", msg), forever=True)
             log.warning("job %s %s timed out (%s)", job.id, job.target, result.outcome)
             with self._lock:
                 slot.run = None
@@ -479,7 +486,7 @@ class Worker:
             )
             for q in self.queues:
                 mine = [r.job for r in left if r.job.queue == q.name]
-                self._quietly(lambda q=q, mine=mine: q.release(mine))
+                self._quietly(functools.partial(q.release, mine))
         # Outcomes being reported are let through: a result is never dropped on purpose.
         finish_by = time.monotonic() + 10
         while self._finishing() and time.monotonic() < finish_by:

@@ -1,0 +1,3 @@
+from fifoflow.cli import main
+
+main()
