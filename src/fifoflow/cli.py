@@ -528,12 +528,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the app, turning every known failure into one line and the contract's exit code."""
     command = typer.main.get_command(app)
     try:
-        command.main(
+        # Without standalone mode, click returns an Exit's code instead of raising it.
+        rv = command.main(
             args=list(argv) if argv is not None else None,
             prog_name="fifoflow",
             standalone_mode=False,
         )
-        code = 0
+        code = rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         code = e.exit_code
     except click_errors.NoArgsIsHelpError as e:

@@ -18,18 +18,18 @@ local batch_keys = {}
 for i = 0, n - 1 do
   local key = ARGV[3 + i * 8 + 4]
   local hit = nil
-  if key ~= '' then
-    hit = batch_keys[key]
-    if not hit then
-      local id = redis.call('HGET', P .. 'keys', key)
-      if id then
-        local st = redis.call('HGET', P .. 'job:' .. id, 'status')
-        if st == 'queued' or st == 'delayed' or st == 'running' then hit = id end
-      end
+  -- A key repeated within this batch is not new: the loop below gives it the id made
+  -- for its first occurrence (by_key).
+  local repeated = key ~= '' and batch_keys[key]
+  if key ~= '' and not repeated then
+    local id = redis.call('HGET', P .. 'keys', key)
+    if id then
+      local st = redis.call('HGET', P .. 'job:' .. id, 'status')
+      if st == 'queued' or st == 'delayed' or st == 'running' then hit = id end
     end
   end
   existing[i] = hit
-  if not hit then
+  if not hit and not repeated then
     new_count = new_count + 1
     if key ~= '' then batch_keys[key] = true end
   end
