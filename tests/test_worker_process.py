@@ -188,7 +188,7 @@ def test_status_jobs_and_workers_commands_show_a_live_worker(
     assert status["workers"] >= 1
     listed = json.loads(run_cli("jobs", "--status", "running", "--json").stdout)
     assert len(listed) == 2 and all(j["worker"] == "w-test" for j in listed)
-    r = run_cli("wait", "--timeout", "30")
+    r = run_cli("wait", "--queue", vqueue.name, "--timeout", "30")
     assert r.returncode == 0, r.stderr
     assert vqueue.stats()["succeeded"] == 3
 
