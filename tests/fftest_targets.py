@@ -50,3 +50,8 @@ def flaky(marker: str) -> str:
         path.write_text("1")
         raise RuntimeError("first attempt fails")
     return "ok"
+
+
+def sleep_then_touch(seconds: float, path: str) -> None:
+    time.sleep(seconds)
+    Path(path).write_text("done")

@@ -170,8 +170,8 @@ def test_idle_worker_starts_a_pushed_job_at_once(vqueue: Queue, procs: Processes
 def test_status_jobs_and_workers_commands_show_a_live_worker(
     vqueue: Queue, procs: Processes
 ) -> None:
-    vqueue.push_many("fftest_targets:sleep", [{"seconds": 5}, {"seconds": 5}, {"seconds": 0.1}])
-    procs.worker("fftest_targets", "-c", "2", "--name", "w-test")
+    vqueue.push_many("fftest_targets:sleep", [{"seconds": 6}, {"seconds": 6}, {"seconds": 0.1}])
+    procs.worker("fftest_targets", "-c", "2", "--name", "w-test", "--lease", "3")
     wait_for(lambda: vqueue.stats()["running"] == 2, timeout=20)
     # Other tests' killed workers may still be listed until their registration expires;
     # the running jobs show from the first heartbeat on.
@@ -219,3 +219,19 @@ def test_worker_survives_a_server_restart(procs: Processes, tmp_path: Path) -> N
         assert w.wait(20) == 0
     finally:
         srv.close()
+
+
+def test_process_slots_kill_an_overrunning_job(vqueue: Queue, procs: Processes, tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+    slow = vqueue.push(
+        "fftest_targets:sleep_then_touch", {"seconds": 3, "path": str(marker)}, timeout=0.5, retries=0
+    )
+    quick = vqueue.push_many("fftest_targets:add", [{"x": i} for i in range(3)])
+    w = procs.worker("fftest_targets", "-c", "1", "--processes", "--burst")
+    assert [j.result(timeout=20) for j in quick] == [0, 1, 2]
+    assert w.wait(30) == 0
+    rec = vqueue.record(slow.id)
+    assert rec is not None and rec["status"] == "dead"
+    assert rec["error"] == "TimeoutError: job exceeded its timeout of 0.5s"
+    time.sleep(3)
+    assert not marker.exists()  # the job's process was killed, not left running

@@ -191,6 +191,9 @@ def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Slots.")] = 1,
     burst: Annotated[bool, typer.Option(help="Exit once the queues are drained.")] = False,
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect parent flow.")] = False,
+    processes: Annotated[
+        bool, typer.Option(help="Run each slot's jobs in a child process (killable on timeout).")
+    ] = False,
     name: Annotated[str | None, typer.Option(help="Worker name (default host.pid.xxxx).")] = None,
     grace: Annotated[float, typer.Option(help="Seconds running jobs get on SIGTERM.")] = 30.0,
     lease: Annotated[float | None, typer.Option(help="Lease seconds [10].")] = None,
@@ -216,6 +219,10 @@ def worker(
         grace=grace,
         lease=lease,
     )
+    if prefect and processes:
+        raise UsageError("--prefect and --processes cannot be combined")
+    if processes:
+        kwargs["processes"] = True
     if prefect:
         try:
             from .prefect import PrefectWorker

@@ -234,7 +234,7 @@ class Queue:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.name = validate_name("queue", name or self.settings.queue)
+        self.name = validate_name("queue", self.settings.queue if name is None else name)
         self.client: redis.Redis = client or connect(url)
         self.scripts = Scripts(self.client)
         self._prefix = keys.prefix(self.name)
@@ -263,7 +263,7 @@ class Queue:
     ) -> Job:
         return self.push_many(
             target,
-            [params or {}],
+            [params],
             priority=priority,
             pool=pool,
             key=key,

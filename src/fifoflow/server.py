@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import ServerError
 
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 15.0
 #: unix socket paths are limited to 107 bytes; longer homes get a socket in the temp dir.
 SOCKET_PATH_MAX = 100
+#: redis-py retries a failed command 10 times with back-off by default: seconds lost on a
+#: dead socket (ping) or on the connection SHUTDOWN closes (stop). Fail fast here instead.
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,9 @@ def binary() -> Path:
 def _ping(paths: Paths) -> bool:
     if not paths.socket.exists():
         return False
-    client: redis.Redis = redis.Redis(unix_socket_path=str(paths.socket), socket_timeout=2)
+    client: redis.Redis = redis.Redis(
+        unix_socket_path=str(paths.socket), socket_timeout=2, retry=NO_RETRY
+    )
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -95,13 +102,23 @@ def read_pid(paths: Paths) -> int | None:
         pid = int(paths.pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie. The server daemonizes, so its
+    exit is reaped by init; an init that reaps late (or never, in a container whose PID 1
+    does not reap) would otherwise keep a stopped server looking alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        pass
-    return pid
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 @contextlib.contextmanager
@@ -221,7 +238,7 @@ def stop(home: Path, timeout: float = 15.0) -> int | None:
     if pid is None and not _ping(paths):
         return None
     if _ping(paths):
-        client: redis.Redis = redis.Redis(unix_socket_path=str(paths.socket))
+        client: redis.Redis = redis.Redis(unix_socket_path=str(paths.socket), retry=NO_RETRY)
         with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
             client.shutdown()
         client.close()
@@ -229,9 +246,7 @@ def stop(home: Path, timeout: float = 15.0) -> int | None:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pid is not None and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             break
         time.sleep(0.05)
     else:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis
 
@@ -41,6 +40,7 @@ from .connection import connect
 from .errors import UsageError
 from .queue import TARGET_RE, Claimed, Queue, validate_name
 from .settings import Settings, get_settings
+from .slots import ProcessSlot, import_target, one_line
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,7 @@ class Slot:
     generation: int = 0
     run: Run | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    process: ProcessSlot | None = field(default=None, repr=False)
 
 
 class Worker:
@@ -97,6 +93,7 @@ class Worker:
         url: str | None = None,
         lease: float | None = None,
         grace: float = 30.0,
+        processes: bool = False,
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
@@ -126,7 +123,10 @@ class Worker:
         self._idle_changed = threading.Condition(self._lock)
         self._idle = 0
         self._handoff: stdlib_queue.SimpleQueue[Claimed | None] = stdlib_queue.SimpleQueue()
-        self._slots = [Slot(i) for i in range(concurrency)]
+        self.processes = processes
+        self._slots = [
+            Slot(i, process=ProcessSlot() if processes else None) for i in range(concurrency)
+        ]
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._monitor_wake = threading.Event()
@@ -272,13 +272,13 @@ class Worker:
                     job = None
                     continue
             run = Run(job, time.monotonic(), None)
-            if job.timeout:
+            if job.timeout and slot.process is None:  # a process slot times itself
                 run.deadline = run.started + job.timeout
             with self._lock:
                 slot.run = run
             if run.deadline is not None:
                 self._monitor_wake.set()
-            outcome, payload, tb, extra = self._execute(job)
+            outcome, payload, tb, extra = self._execute(job, slot)
             with self._lock:
                 if run.abandoned or slot.generation != generation:
                     return  # the monitor failed this attempt for its timeout
@@ -329,18 +329,18 @@ class Worker:
             return None
         return result.claimed[0] if result.claimed else None
 
-    def _execute(self, job: Claimed) -> tuple[str, str, str, tuple[str, str]]:
+    def _execute(self, job: Claimed, slot: Slot) -> tuple[str, str, str, tuple[str, str]]:
         """Run one attempt: (outcome, result JSON or error line, traceback, extra field)."""
         log.debug("job %s %s started (attempt %d)", job.id, job.target, job.attempts)
         try:
-            fn = self._resolve(job.target)
+            self._check_allowed(job.target)
         except TargetNotAllowed as e:
             return "dead", one_line(e), "", ("", "")
-        except Exception as e:
-            return "fail", one_line(e), traceback.format_exc(), ("", "")
+        if slot.process is not None:
+            return (*slot.process.run(job.target, job.params, job.timeout), ("", ""))
         try:
-            params = json.loads(job.params)
-            result, extra = self.invoke(job, fn, params)
+            fn = self._resolve(job.target)
+            result, extra = self.invoke(job, fn, json.loads(job.params))
             try:
                 text = json.dumps(result, separators=(",", ":"), allow_nan=False)
             except (TypeError, ValueError) as e:
@@ -362,23 +362,21 @@ class Worker:
         """Call the target; Prefect mode overrides this to run it as a child flow run."""
         return fn(**params), ("", "")
 
-    def _resolve(self, target: str) -> Callable[..., Any]:
-        fn = self._fn_cache.get(target)
-        if fn is not None:
-            return fn
+    def _check_allowed(self, target: str) -> None:
+        """Only targets inside the worker's modules run; the check imports nothing."""
         if not TARGET_RE.match(target):
             raise TargetNotAllowed(f"invalid target {target!r}")
-        module_name, attr = target.split(":")
+        module_name = target.split(":")[0]
         if not any(module_name == m or module_name.startswith(m + ".") for m in self.modules):
             raise TargetNotAllowed(
                 f"target {target!r} is outside the modules this worker serves "
                 f"({', '.join(self.modules)}); it was not imported"
             )
-        module = importlib.import_module(module_name)
-        fn = cast(Callable[..., Any], getattr(module, attr))
-        if not callable(fn):
-            raise TypeError(f"target {target!r} is not callable")
-        self._fn_cache[target] = fn
+
+    def _resolve(self, target: str) -> Callable[..., Any]:
+        fn = self._fn_cache.get(target)
+        if fn is None:
+            fn = self._fn_cache[target] = import_target(target)
         return fn
 
     # -- monitor: heartbeats, registry, timeouts -----------------------------------
@@ -474,9 +472,13 @@ class Worker:
         while self._busy() and time.monotonic() < deadline:
             time.sleep(0.02)
         with self._lock:
-            left = [s.run for s in self._slots if s.run is not None and not s.run.finishing]
+            stuck = [s for s in self._slots if s.run is not None and not s.run.finishing]
+            left = [s.run for s in stuck if s.run is not None]
             for run in left:
                 run.abandoned = True
+        for slot in stuck:
+            if slot.process is not None:
+                slot.process.kill()
         if left:
             log.warning(
                 "worker %s: %d job(s) still running after the grace period; "
@@ -493,6 +495,9 @@ class Worker:
             time.sleep(0.02)
         for _ in self._slots:
             self._handoff.put(None)
+        for slot in self._slots:
+            if slot.process is not None:
+                slot.process.close()
         self._stopped.set()
         self._monitor_wake.set()
         self._quietly(lambda: registry.unregister(self.client, self.name))
