@@ -521,11 +521,17 @@ def dashboard(
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
 ) -> None:
     """The web dashboard (loopback only unless told otherwise)."""
+    from .dashboard import make_server
+
     try:
-        from .dashboard import serve  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        fail("the dashboard is not built yet", 1)
-    serve(host, port)
+        httpd = make_server(host, port)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    err.print(f"fifoflow dashboard on http://{host}:{httpd.server_port}/ (Ctrl-C stops it)")
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
 
 
 # -- entry point --------------------------------------------------------------------------------
