@@ -400,15 +400,21 @@ class Worker:
             self._monitor_wake.clear()
 
     def _running(self) -> list[Claimed]:
+        """Jobs being run, not yet being reported (a report ends the lease anyway)."""
         with self._lock:
-            return [s.run.job for s in self._slots if s.run is not None and not s.run.abandoned]
+            return [
+                s.run.job
+                for s in self._slots
+                if s.run is not None and not s.run.abandoned and not s.run.finishing
+            ]
 
     def _heartbeat(self) -> None:
         running = self._running()
         for q in self.queues:
             mine = [j for j in running if j.queue == q.name]
-            lost = q.extend(mine, self.lease)
-            for job_id in lost:
+            lost = set(q.extend(mine, self.lease))
+            # A job that finished while the call was under way is not lost, just done.
+            for job_id in lost & {j.id for j in self._running()}:
                 log.warning(
                     "job %s: lease lost to another worker; its outcome will be refused", job_id
                 )
