@@ -90,6 +90,8 @@ def _parse_object(text: str, where: str) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise UsageError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise UsageError(f"{where}: invalid JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise UsageError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     try:
@@ -206,7 +208,7 @@ def worker(
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    if grace < 0:
+    if not grace >= 0:  # NaN too
         raise UsageError("--grace must be >= 0")
     # Like celery and rq: modules in the current folder are importable.
     sys.path.insert(0, os.getcwd())
@@ -382,7 +384,7 @@ def wait(
     interval: Annotated[float, typer.Option(hidden=True)] = 0.2,
 ) -> None:
     """Block until nothing is queued, delayed or running."""
-    if timeout is not None and timeout < 0:
+    if timeout is not None and not timeout >= 0:  # NaN too
         raise UsageError("--timeout must be >= 0")
     client = connect()
     names = _queue_names(client, queue)

@@ -40,7 +40,10 @@ def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> red
     password fails here in a few seconds with one clear line, not on first use."""
     settings = get_settings()
     url = resolve_url(url, settings)
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as e:  # e.g. "Invalid IPv6 URL"; the URL may hold a password: not shown
+        raise ConnectionFailed(f"invalid server URL: {e}") from None
     if scheme not in SCHEMES:
         raise ConnectionFailed(
             f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss:// or unix://"

@@ -36,6 +36,7 @@ import functools
 import inspect
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -43,18 +44,26 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID, uuid4
 
 from .errors import UsageError
 from .queue import Claimed
 from .worker import Worker
 
 try:
+    import httpx
     import prefect
     from prefect import Flow, Task
     from prefect.artifacts import create_table_artifact
+    from prefect.client.orchestration import SyncPrefectClient, get_client
+    from prefect.client.schemas.objects import FlowRun, State
     from prefect.context import FlowRunContext
+    from prefect.flow_engine import run_flow
     from prefect.logging import get_run_logger
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import temporary_settings
+    from prefect.states import Crashed, Pending
+    from prefect.utilities.callables import get_call_parameters
 except ImportError as e:  # pragma: no cover - depends on the install
     raise UsageError(
         f"Prefect mode needs Prefect ({e}); install it with: pip install 'fifoflow[prefect]'"
@@ -90,11 +99,6 @@ def current_job() -> JobInfo | None:
     retries inside one attempt show in ``prefect.runtime.flow_run.run_count`` instead.
     """
     return _current_job.get()
-
-
-def _child_run_name() -> str:
-    info = _current_job.get()
-    return f"{info.id}-try{info.attempt}" if info else "fifoflow-job"
 
 
 class ChildRunFailed(RuntimeError):
@@ -137,14 +141,15 @@ class PrefectWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._parent_ctx: contextvars.Context | None = None
-        self._flows: dict[tuple[str, float | None], Flow[..., Any]] = {}
+        self._flows: dict[tuple[str, float | None], tuple[Flow[..., Any], Task[..., Any]]] = {}
         self._flows_lock = threading.Lock()
         self._summary: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._counts: Counter[str] = Counter()
         self._summary_lock = threading.Lock()
         self._publish_lock = threading.Lock()
         self._last_publish = time.monotonic()
-        self._seen_runs: OrderedDict[str, None] = OrderedDict()
+        self._api: SyncPrefectClient | None = None
+        self._active: dict[str, str] = {}  # child flow run id -> job id, while it runs
         #: The dispatcher's flow run id, once ``run`` has entered it.
         self.flow_run_id: str | None = None
 
@@ -186,6 +191,9 @@ class PrefectWorker(Worker):
             concurrency=self.concurrency,
             burst=burst,
         )
+        # Logs are sent in batches from a background thread: when run() returns, they are in.
+        with contextlib.suppress(Exception):
+            APILogWorker.drain_all(timeout=5)
         return int(result)
 
     def _dispatch_as_flow(self, burst: bool) -> int:
@@ -200,10 +208,37 @@ class PrefectWorker(Worker):
         )
         with settings:
             self._parent_ctx = contextvars.copy_context()
-        try:
-            return Worker.run(self, burst)
-        finally:
-            self._publish_summary(final=True)
+        with api_client() as self._api:
+            try:
+                return Worker.run(self, burst)
+            finally:
+                self._crash_abandoned()
+                self._publish_summary(final=True)
+                self._parent_ctx = None
+
+    def _crash_abandoned(self) -> None:
+        """Children still running when the worker is done were abandoned (a timeout, or the
+        grace period ran out and their jobs went back in line): say so on their runs, which
+        would otherwise show Running for ever."""
+        with self._summary_lock:
+            abandoned = dict(self._active)
+            for run_id, job_id in abandoned.items():
+                row = self._summary.get(job_id)
+                if row is not None and row["flow_run_id"] == run_id:
+                    row["state"] = "Crashed"
+                    self._counts["Crashed"] += 1
+        for run_id, job_id in abandoned.items():
+            message = (
+                f"abandoned by fifoflow worker {self.name}: job {job_id} timed out or was "
+                "put back in line when the worker stopped"
+            )
+            try:
+                if self._api is not None:
+                    self._api.set_flow_run_state(UUID(run_id), Crashed(message=message), force=True)
+            except Exception as e:
+                log.warning(
+                    "worker %s: could not mark flow run %s crashed: %s", self.name, run_id, e
+                )
 
     # -- one job, one child flow run -----------------------------------------------
 
@@ -220,29 +255,34 @@ class PrefectWorker(Worker):
     def _run_child(
         self, job: Claimed, fn: Callable[..., Any], params: dict[str, Any]
     ) -> tuple[Any, tuple[str, str]]:
-        child = self._child_flow(job, fn)
         _current_job.set(JobInfo(job.id, job.queue, job.target, job.attempts))
+        child, tracking = self._child_flow(job, fn)
         started = time.monotonic()
+        tags = [CHILD_TAG, f"fifoflow-queue:{job.queue}"]
         try:
-            with prefect.tags(CHILD_TAG, f"fifoflow-queue:{job.queue}"):
-                if child.isasync:
-                    state = asyncio.run(child(**params, return_state=True))
-                else:
-                    state = child(**params, return_state=True)
+            # Bind first: parameters that do not fit fail here, before any run exists.
+            parameters = get_call_parameters(child.fn, (), params)
+            flow_run = self._create_child_run(job, child, tracking, parameters, tags)
         except Exception:
-            # Refused before a run existed (e.g. parameters that do not fit the flow).
             self._note(job, params, "NotStarted", time.monotonic() - started, None)
             raise
-        duration = time.monotonic() - started
-        run_id = str(state.state_details.flow_run_id)
+        run_id = str(flow_run.id)
         extra = ("flow_run_id", run_id)
+        with self._summary_lock:
+            self._active[run_id] = job.id
+        self._note(job, params, "Running", 0.0, run_id, final=False)
+        try:
+            with prefect.tags(*tags):
+                state = _run_to_state(child, flow_run, parameters)
+        except Exception as e:
+            self._note(job, params, "Crashed", time.monotonic() - started, run_id)
+            raise _with_extra(e, extra) from None
+        finally:
+            with self._summary_lock:
+                self._active.pop(run_id, None)
+        duration = time.monotonic() - started
         self._note(job, params, str(state.name), duration, run_id)
         self._log_to_dispatcher(job, str(state.name), duration, run_id)
-        if not self._fresh(run_id):
-            raise _with_extra(
-                ChildRunFailed(f"Prefect handed back the existing flow run {run_id}; not run"),
-                extra,
-            )
         try:
             if state.is_completed():
                 return state.result(), extra
@@ -253,23 +293,54 @@ class PrefectWorker(Worker):
             ChildRunFailed(f"child flow run {run_id} ended {state.name}: {state.message}"), extra
         )
 
-    def _child_flow(self, job: Claimed, fn: Callable[..., Any]) -> Flow[..., Any]:
+    def _create_child_run(
+        self,
+        job: Claimed,
+        child: Flow[..., Any],
+        tracking: Task[..., Any],
+        parameters: dict[str, Any],
+        tags: list[str],
+    ) -> FlowRun:
+        """The child's flow run, created the way Prefect records a subflow: a tracking task
+        run in the dispatcher's flow run, and a flow run whose parent_task_run_id is it.
+
+        Created here rather than by Prefect's subflow call so that (1) the dynamic key is a
+        UUID, never a per-flow counter shared by the slot threads, and (2) a "database is
+        busy" answer of a SQLite-backed API is retried within milliseconds, not Prefect's
+        client back-off of 2 s and more.
+        """
+        client = self._api
+        if client is None or self.flow_run_id is None:  # pragma: no cover - set by run()
+            raise RuntimeError("the dispatcher has no API client")
+        task_run = client.create_task_run(
+            task=tracking,
+            flow_run_id=UUID(self.flow_run_id),
+            dynamic_key=uuid4().hex,
+            name=f"{child.name}-{job.id}-try{job.attempts}",
+            extra_tags=tags,
+            state=Pending(),
+            task_inputs={name: [] for name in parameters},
+        )
+        return client.create_flow_run(
+            flow=child,
+            name=None if child.flow_run_name else f"{job.id}-try{job.attempts}",
+            parameters=child.serialize_parameters(parameters),
+            tags=tags,
+            parent_task_run_id=task_run.id,
+        )
+
+    def _child_flow(
+        self, job: Claimed, fn: Callable[..., Any]
+    ) -> tuple[Flow[..., Any], Task[..., Any]]:
         key = (job.target, job.timeout)
         with self._flows_lock:
-            flow = self._flows.get(key)
-            if flow is None:
-                flow = self._flows[key] = make_child_flow(job.target, fn, job.timeout)
-        return flow
-
-    def _fresh(self, run_id: str) -> bool:
-        """False if Prefect returned a flow run it had already given us (a reused subflow)."""
-        with self._summary_lock:
-            if run_id in self._seen_runs:
-                return False
-            self._seen_runs[run_id] = None
-            while len(self._seen_runs) > 10_000:
-                self._seen_runs.popitem(last=False)
-        return True
+            pair = self._flows.get(key)
+            if pair is None:
+                child = make_child_flow(job.target, fn, job.timeout)
+                # What Prefect's own subflow call puts in the parent run for a child.
+                tracking = Task(name=child.name, fn=child.fn, version=child.version)
+                pair = self._flows[key] = (child, tracking)
+        return pair
 
     def _log_to_dispatcher(self, job: Claimed, state: str, duration: float, run_id: str) -> None:
         # Back in the dispatcher's context: this line lands on the dispatcher's own run.
@@ -293,6 +364,7 @@ class PrefectWorker(Worker):
         state: str,
         duration: float,
         run_id: str | None,
+        final: bool = True,
     ) -> None:
         text = json.dumps(params, separators=(",", ":"), default=str)
         row = {
@@ -306,12 +378,12 @@ class PrefectWorker(Worker):
             "flow_run_id": run_id or "",
         }
         with self._summary_lock:
-            self._summary.pop(job.id, None)
-            self._summary[job.id] = row
+            self._summary[job.id] = row  # a job keeps its place; its latest attempt shows
             while len(self._summary) > self.summary_rows:
                 self._summary.popitem(last=False)
-            self._counts[state] += 1
-            due = time.monotonic() - self._last_publish >= self.summary_interval
+            if final:
+                self._counts[state] += 1
+            due = final and time.monotonic() - self._last_publish >= self.summary_interval
         if due:
             self._publish_summary(final=False)
 
@@ -351,15 +423,66 @@ class PrefectWorker(Worker):
             self._publish_lock.release()
 
 
+def _run_to_state(
+    child: Flow[..., Any], flow_run: FlowRun, parameters: dict[str, Any]
+) -> State[Any]:
+    """Run ``child`` in the given (already created) flow run; its final state."""
+    if child.isgenerator:
+        raise TypeError(f"flow {child.name!r} is a generator; fifoflow needs a return value")
+    outcome = run_flow(flow=child, flow_run=flow_run, parameters=parameters, return_type="state")
+    if inspect.iscoroutine(outcome):
+        outcome = asyncio.run(outcome)
+    if not isinstance(outcome, State):  # pragma: no cover - return_type="state"
+        raise ChildRunFailed(f"Prefect returned {type(outcome).__name__}, not a state")
+    return outcome
+
+
+@contextlib.contextmanager
+def api_client() -> Iterator[SyncPrefectClient]:
+    """A Prefect API client that retries "busy" answers (503) within milliseconds.
+
+    A SQLite-backed API (the ephemeral one, or ``prefect server start`` without Postgres)
+    answers 503 when two writes collide; Prefect's client then sleeps 2 s or more before
+    it tries again, which would cost a child that much for a few milliseconds of lock. A
+    503 is retried here after 10 ms, 20 ms, ... 0.5 s; anything else, and a 503 that
+    lasts, is handed to Prefect's own retrying ``send`` unchanged. Servers that require
+    CSRF tokens keep Prefect's client as it is.
+    """
+    with get_client(sync_client=True) as client:
+        http = getattr(client, "_client", None)
+        if isinstance(http, httpx.Client) and not getattr(http, "enable_csrf_support", True):
+            setattr(http, "send", _quick_retry_send(http, http.send))  # noqa: B010
+        yield client
+
+
+def _quick_retry_send(
+    http: httpx.Client, prefect_send: Callable[..., httpx.Response]
+) -> Callable[..., httpx.Response]:
+    plain_send = httpx.Client.send
+
+    def send(request: httpx.Request, *args: Any, **kwargs: Any) -> httpx.Response:
+        delay = 0.01
+        for _ in range(8):
+            try:
+                response = plain_send(http, request, *args, **kwargs)
+            except httpx.HTTPError:
+                break
+            if response.status_code != 503:
+                return response
+            response.close()
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.5)
+        return prefect_send(request, *args, **kwargs)
+
+    return send
+
+
 def make_child_flow(target: str, fn: Callable[..., Any], timeout: float | None) -> Flow[..., Any]:
     """The Prefect flow one job of ``target`` runs as (see the module docstring)."""
     if isinstance(fn, Flow):
-        options: dict[str, Any] = {}
-        if fn.flow_run_name is None:
-            options["flow_run_name"] = _child_run_name
         if timeout and fn.timeout_seconds is None:
-            options["timeout_seconds"] = timeout
-        return fn.with_options(**options) if options else fn
+            return fn.with_options(timeout_seconds=timeout)
+        return fn
     name: str | None = None
     body: Callable[..., Any] = fn
     if isinstance(fn, Task):
@@ -369,7 +492,6 @@ def make_child_flow(target: str, fn: Callable[..., Any], timeout: float | None) 
     return Flow(
         fn=body,
         name=name,
-        flow_run_name=_child_run_name,
         log_prints=True,
         validate_parameters=False,
         timeout_seconds=timeout,

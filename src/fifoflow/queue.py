@@ -61,9 +61,27 @@ def encode_params(params: object, max_bytes: int) -> str:
         text = json.dumps(params, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         raise type(e)(f"params are not JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("params are not JSON: nested too deeply") from None
+    _check_keys(params)
     if len(text.encode()) > max_bytes:
         raise UsageError(f"params are {len(text.encode())} bytes of JSON; the limit is {max_bytes}")
     return text
+
+
+def _check_keys(params: Mapping[str, Any]) -> None:
+    """JSON would silently turn nested non-string keys into strings ({1: 2} -> {"1": 2}),
+    so the target would get other params than were pushed: refuse them. Runs after a
+    successful dump, so the structure is finite and acyclic."""
+    stack: list[object] = list(params.values())
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            if not all(isinstance(k, str) for k in value):
+                raise TypeError("params keys must be strings at every level, as JSON has them")
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
 
 
 def _int(name: str, value: object, minimum: int | None = None) -> int:
@@ -508,7 +526,8 @@ class Queue:
 
     def requeue(self, job_ids: Sequence[str] | None = None) -> list[str]:
         """Dead jobs (all if None) back to their places in line with fresh retries."""
-        args = list(job_ids) if job_ids is not None else ["*"]
+        # "*" is the script's "every dead job": as an id it is just an unknown one.
+        args = [i for i in job_ids if i != "*"] if job_ids is not None else ["*"]
         if not args:
             return []
         return list(self.scripts.requeue(keys=[self._prefix], args=args))

@@ -108,7 +108,11 @@ class Worker:
         self.concurrency = concurrency
         self.pools = [validate_name("pool", p) for p in (pools or ["default"])]
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
-        self.lease = float(lease or self.settings.lease_seconds)
+        lease_s = self.settings.lease_seconds if lease is None else lease
+        ok = isinstance(lease_s, int | float) and not isinstance(lease_s, bool)
+        if not (ok and 0 < lease_s < 1e9):  # NaN and inf too
+            raise UsageError(f"lease must be a positive number of seconds, not {lease_s!r}")
+        self.lease = float(lease_s)
         self.grace = grace
         self.client = connect(url)
         names = list(queues or [self.settings.queue])

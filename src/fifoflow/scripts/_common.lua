@@ -13,7 +13,7 @@
 --   P.."succeeded" / "dead" / "cancelled"  zset  finished jobs; score = finished_at
 --   P.."keys"         hash   de-duplication key -> job id (while queued/delayed/running)
 --   P.."seq"          string last rank handed out (microseconds, strictly increasing)
---   P.."fence"        string fencing-token counter
+--   P.."hk"           string housekeeping gate (expires after 50 ms)
 --   P.."meta"         hash   queue settings (max_length)
 
 local WAKE_CAP = 1000
@@ -68,11 +68,13 @@ local function reap(P, now, limit)
 end
 
 -- Record a final status: the job leaves the dedupe index and expires after ttl.
-local function finish(P, id, status, now, ttl)
+-- `fields` are extra HSET field/value pairs written in the same call; `key` is the job's
+-- de-duplication key (false if none), read by the caller's first HMGET.
+local function finish(P, id, status, now, ttl, key, fields)
   local jk = P .. 'job:' .. id
-  redis.call('HSET', jk, 'status', status, 'finished_at', fmt_time(now), 'token', '')
+  redis.call('HSET', jk, 'status', status, 'finished_at', fmt_time(now), 'token', '',
+    unpack(fields or {}))
   redis.call('ZADD', P .. status, now, id)
-  local key = redis.call('HGET', jk, 'key')
   if key and key ~= '' and redis.call('HGET', P .. 'keys', key) == id then
     redis.call('HDEL', P .. 'keys', key)
   end
@@ -84,9 +86,12 @@ end
 -- Claim up to n jobs across the given pools: the best (highest priority, then oldest)
 -- head among the pools' ready sets, n times. Returns a flat array, 6 fields a job:
 -- id, token, target, params, timeout, attempts.
+-- The fencing token is the job's claim count: unique per claim of that job, and voided
+-- (token = '') whenever the job leaves `running` by any other door than this worker.
 local function claim(P, worker, lease, n, pools, now)
   local out = {}
   local deadline = now + lease
+  local started = fmt_time(now)
   for _ = 1, n do
     local best_pool, best_id, best_score = nil, nil, nil
     for _, pool in ipairs(pools) do
@@ -98,28 +103,28 @@ local function claim(P, worker, lease, n, pools, now)
         end
       end
     end
-    if best_id == nil then break end
+    if best_id == nil then
+      -- No lost wake-ups: with nothing ready in any served pool, stale tokens go, atomically,
+      -- so any later push leaves a fresh token for a blocked worker.
+      for _, pool in ipairs(pools) do
+        redis.call('DEL', P .. 'wake:' .. pool)
+      end
+      break
+    end
     redis.call('ZREM', P .. 'ready:' .. best_pool, best_id)
     local jk = P .. 'job:' .. best_id
-    local token = tostring(redis.call('INCR', P .. 'fence'))
-    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-    redis.call('HSET', jk, 'status', 'running', 'started_at', fmt_time(now),
-      'worker', worker, 'token', token)
+    local f = redis.call('HMGET', jk, 'target', 'params', 'timeout', 'attempts', 'claims')
+    local attempts = tostring((tonumber(f[4]) or 0) + 1)
+    local token = tostring((tonumber(f[5]) or 0) + 1)
+    redis.call('HSET', jk, 'status', 'running', 'started_at', started, 'worker', worker,
+      'token', token, 'claims', token, 'attempts', attempts)
     redis.call('ZADD', P .. 'running', deadline, best_id)
-    local f = redis.call('HMGET', jk, 'target', 'params', 'timeout')
     out[#out + 1] = best_id
     out[#out + 1] = token
     out[#out + 1] = f[1] or ''
     out[#out + 1] = f[2] or '{}'
     out[#out + 1] = f[3] or ''
-    out[#out + 1] = tostring(attempts)
-  end
-  -- No lost wake-ups: a pool with nothing ready drops its stale tokens here, atomically,
-  -- so any later push leaves a fresh token for a blocked worker.
-  for _, pool in ipairs(pools) do
-    if redis.call('EXISTS', P .. 'ready:' .. pool) == 0 then
-      redis.call('DEL', P .. 'wake:' .. pool)
-    end
+    out[#out + 1] = attempts
   end
   return out
 end
@@ -139,9 +144,13 @@ local function next_event(P, now)
   return soonest
 end
 
--- Both due-time sets, then expired leases: done before every claim so a due job is
--- never left waiting for a separate maintenance pass.
-local function housekeep(P, now)
+-- Both due-time sets, then expired leases: due jobs are promoted before a claim picks.
+-- Unless forced, at most once per 50 ms per queue (a SET NX PX gate), which keeps the
+-- busy ack-and-claim path to one extra call.
+local function housekeep(P, now, force)
+  if not force and not redis.call('SET', P .. 'hk', '1', 'PX', 50, 'NX') then
+    return
+  end
   promote(P, 'delayed', now, 100)
   promote(P, 'retry', now, 100)
   reap(P, now, 100)

@@ -6,7 +6,7 @@
 local P = KEYS[1]
 local id = ARGV[1]
 local jk = P .. 'job:' .. id
-local f = redis.call('HMGET', jk, 'status', 'pool')
+local f = redis.call('HMGET', jk, 'status', 'pool', 'key')
 if not f[1] then return '' end
 if f[1] == 'queued' then
   redis.call('ZREM', P .. 'ready:' .. f[2], id)
@@ -16,5 +16,5 @@ elseif f[1] == 'delayed' then
 else
   return f[1]
 end
-finish(P, id, 'cancelled', now_s(), ARGV[2])
+finish(P, id, 'cancelled', now_s(), ARGV[2], f[3])
 return 'cancelled'

@@ -9,7 +9,7 @@ local P = KEYS[1]
 local pools = {}
 for i = 4, #ARGV do pools[#pools + 1] = ARGV[i] end
 local now = now_s()
-housekeep(P, now)
+housekeep(P, now, true)
 local jobs = claim(P, ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), pools, now)
 table.insert(jobs, 1, tostring(next_event(P, now)))
 return jobs

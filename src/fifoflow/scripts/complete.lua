@@ -19,39 +19,47 @@ local id, token, outcome = ARGV[1], ARGV[2], ARGV[3]
 local jk = P .. 'job:' .. id
 local now = now_s()
 local result = 'stale'
-local cur = redis.call('HMGET', jk, 'token', 'status', 'retries', 'pool', 'priority')
+local cur = redis.call('HMGET', jk, 'token', 'status', 'retries', 'key', 'failures')
 if cur[1] == token and cur[2] == 'running' and token ~= '' then
   redis.call('ZREM', P .. 'running', id)
-  if ARGV[10] ~= '' then redis.call('HSET', jk, ARGV[10], ARGV[11]) end
+  local fields = {}
+  if ARGV[10] ~= '' then fields = {ARGV[10], ARGV[11]} end
   if outcome == 'ok' then
-    redis.call('HSET', jk, 'result', ARGV[4])
-    redis.call('HDEL', jk, 'error', 'traceback')
-    finish(P, id, 'succeeded', now, ARGV[9])
+    fields[#fields + 1] = 'result'
+    fields[#fields + 1] = ARGV[4]
+    if cur[5] then redis.call('HDEL', jk, 'error', 'traceback') end
+    finish(P, id, 'succeeded', now, ARGV[9], cur[4], fields)
     result = 'succeeded'
   else
-    redis.call('HSET', jk, 'error', ARGV[4], 'traceback', ARGV[5])
-    local failures = redis.call('HINCRBY', jk, 'failures', 1)
+    local failures = (tonumber(cur[5]) or 0) + 1
+    for _, v in ipairs({'error', ARGV[4], 'traceback', ARGV[5], 'failures', failures}) do
+      fields[#fields + 1] = v
+    end
     if outcome == 'fail' and failures <= tonumber(cur[3] or '0') then
       local delay = tonumber(ARGV[6]) * (2 ^ (failures - 1))
       if delay > tonumber(ARGV[7]) then delay = tonumber(ARGV[7]) end
       delay = delay * tonumber(ARGV[8])
-      redis.call('HSET', jk, 'status', 'delayed', 'token', '', 'due_at', fmt_time(now + delay))
+      redis.call('HSET', jk, 'status', 'delayed', 'token', '', 'due_at', fmt_time(now + delay),
+        unpack(fields))
       redis.call('ZADD', P .. 'retry', now + delay, id)
       result = 'retry'
     else
-      finish(P, id, 'dead', now, ARGV[9])
+      finish(P, id, 'dead', now, ARGV[9], cur[4], fields)
       result = 'dead'
     end
   end
 end
 local pools = {}
 for i = 15, #ARGV do pools[#pools + 1] = ARGV[i] end
-local out = {}
 local n = tonumber(ARGV[14])
+local out = {}
 if n > 0 then
-  housekeep(P, now)
+  housekeep(P, now, false)
   out = claim(P, ARGV[12], tonumber(ARGV[13]), n, pools, now)
 end
-table.insert(out, 1, tostring(next_event(P, now)))
+-- The time to the next event matters only to a slot that is about to go idle.
+local soonest = -1
+if n == 0 or #out < n * 6 then soonest = next_event(P, now) end
+table.insert(out, 1, tostring(soonest))
 table.insert(out, 1, result)
 return out
