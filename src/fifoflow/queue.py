@@ -19,10 +19,9 @@ from typing import Any, cast
 
 import redis
 
-from . import keys
+from . import keys, scripts
 from .connection import connect
 from .errors import JobFailed, JobNotFound, QueueFull, UsageError
-from .scripts import Scripts
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -254,10 +253,13 @@ class Queue:
         self.settings = settings or get_settings()
         self.name = validate_name("queue", self.settings.queue if name is None else name)
         self.client: redis.Redis = client or connect(url)
-        self.scripts = Scripts(self.client)
         self._prefix = keys.prefix(self.name)
         self._suffix = keys.id_suffix(self.name)
         self._registered = False
+        self._retry_args = (
+            repr(self.settings.retry_base_seconds),
+            repr(self.settings.retry_max_seconds),
+        )
 
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"
@@ -331,17 +333,17 @@ class Queue:
             "" if delay_s is None else repr(delay_s),
         ]
         self._register_queue()
-        pipe = self.client.pipeline(transaction=False)
+        batches: list[list[Any]] = []
         for start in range(0, len(encoded), BATCH):
             chunk = encoded[start : start + BATCH]
-            args: list[str] = [self._suffix, str(len(chunk))]
+            args: list[Any] = [self._suffix, str(len(chunk))]
             for i, params in enumerate(chunk):
                 fields = list(common)
                 fields[2] = job_keys[start + i] or ""
                 args += [target, params, *fields]
-            self.scripts.push(keys=[self._prefix], args=args, client=pipe)
+            batches.append(args)
         jobs: list[Job] = []
-        for reply in pipe.execute():
+        for reply in scripts.call_many(self.client, "push", self._prefix, batches):
             if reply[0] == "FULL":
                 raise QueueFull(self.name, int(reply[1]), int(reply[2]))
             for i in range(1, len(reply), 3):
@@ -366,7 +368,7 @@ class Queue:
     def claim(
         self, worker: str, n: int, pools: Sequence[str], lease: float
     ) -> tuple[float, list[Claimed]]:
-        reply = self.scripts.claim(keys=[self._prefix], args=[worker, repr(lease), n, *pools])
+        reply = scripts.call(self.client, "claim", self._prefix, worker, repr(lease), n, *pools)
         return float(reply[0]), _parse_claimed(self.name, reply[1:])
 
     def complete(
@@ -381,27 +383,25 @@ class Queue:
     ) -> Completion:
         """Ack (``ok``) or fail (``fail`` retries if it may, ``dead`` never) one attempt,
         and claim the next jobs for ``(worker, n, pools, lease)`` in the same round trip."""
-        s = self.settings
         worker, n, pools, lease = claim or ("", 0, (), 0.0)
-        reply = self.scripts.complete(
-            keys=[self._prefix],
-            args=[
-                job.id,
-                job.token,
-                outcome,
-                payload,
-                traceback,
-                repr(s.retry_base_seconds),
-                repr(s.retry_max_seconds),
-                repr(random.uniform(0.5, 1.0)),
-                s.result_ttl_seconds,
-                extra[0],
-                extra[1],
-                worker,
-                repr(lease),
-                n,
-                *pools,
-            ],
+        reply = scripts.call(
+            self.client,
+            "complete",
+            self._prefix,
+            job.id,
+            job.token,
+            outcome,
+            payload,
+            traceback,
+            *self._retry_args,
+            repr(random.uniform(0.5, 1.0)),
+            self.settings.result_ttl_seconds,
+            extra[0],
+            extra[1],
+            worker,
+            repr(lease),
+            n,
+            *pools,
         )
         return Completion(reply[0], float(reply[1]), _parse_claimed(self.name, reply[2:]))
 
@@ -412,7 +412,7 @@ class Queue:
         args: list[str] = [repr(lease)]
         for j in jobs:
             args += [j.id, j.token]
-        return list(self.scripts.extend(keys=[self._prefix], args=args))
+        return list(scripts.call(self.client, "extend", self._prefix, *args))
 
     def release(self, jobs: Sequence[Claimed]) -> int:
         """Put claimed jobs back at their original places (graceful stop)."""
@@ -421,13 +421,12 @@ class Queue:
         args: list[str] = []
         for j in jobs:
             args += [j.id, j.token]
-        return int(self.scripts.release(keys=[self._prefix], args=args))
+        return int(scripts.call(self.client, "release", self._prefix, *args))
 
     def maintain(self) -> tuple[int, int, int]:
         """Promote due, reap expired, trim old records: (promoted, reaped, trimmed)."""
-        p, r, t = self.scripts.maintain(
-            keys=[self._prefix], args=[self.settings.result_ttl_seconds]
-        )
+        ttl = self.settings.result_ttl_seconds
+        p, r, t = scripts.call(self.client, "maintain", self._prefix, ttl)
         return int(p), int(r), int(t)
 
     def pools(self) -> list[str]:
@@ -514,9 +513,8 @@ class Queue:
 
     def cancel(self, job_id: str) -> bool:
         """True if the job is now cancelled; False if it had already started or finished."""
-        status = self.scripts.cancel(
-            keys=[self._prefix], args=[job_id, self.settings.result_ttl_seconds]
-        )
+        ttl = self.settings.result_ttl_seconds
+        status = scripts.call(self.client, "cancel", self._prefix, job_id, ttl)
         if status == "":
             raise JobNotFound(job_id)
         return bool(status == "cancelled")
@@ -530,10 +528,10 @@ class Queue:
         args = [i for i in job_ids if i != "*"] if job_ids is not None else ["*"]
         if not args:
             return []
-        return list(self.scripts.requeue(keys=[self._prefix], args=args))
+        return list(scripts.call(self.client, "requeue", self._prefix, *args))
 
     def purge_dead(self) -> int:
-        return int(self.scripts.purge(keys=[self._prefix], args=[]))
+        return int(scripts.call(self.client, "purge", self._prefix))
 
 
 def known_queues(client: redis.Redis) -> list[str]:

@@ -1,13 +1,18 @@
-"""Load the Lua scripts once per client; redis-py calls them by SHA and reloads them
-after a server restart (NOSCRIPT)."""
+"""The Lua scripts: read once, loaded into the server on first use, called by SHA.
+
+``EVALSHA`` goes out directly; a ``NOSCRIPT`` answer (first use, or a server restart that
+emptied the script cache) loads the script and repeats the call, once.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
+from typing import Any
 
 import redis
-from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 NAMES = ("push", "claim", "complete", "extend", "release", "maintain", "cancel", "requeue", "purge")
 
@@ -15,18 +20,37 @@ NAMES = ("push", "claim", "complete", "extend", "release", "maintain", "cancel",
 @cache
 def source(name: str) -> str:
     """The script's own file with the shared helpers of ``_common.lua`` in front of it."""
+    if name not in NAMES:
+        raise KeyError(name)
     folder = resources.files("fifoflow") / "scripts"
     return (folder / "_common.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
 
 
-class Scripts:
-    """The registered scripts of one client, as attributes: ``scripts.push(keys, args)``."""
+@cache
+def sha(name: str) -> str:
+    return hashlib.sha1(source(name).encode()).hexdigest()
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._scripts: dict[str, Script] = {n: client.register_script(source(n)) for n in NAMES}
 
-    def __getattr__(self, name: str) -> Script:
+def call(client: redis.Redis, name: str, key: str, *args: Any) -> Any:
+    """Run script ``name`` with KEYS = [key] and ARGV = args."""
+    try:
+        return client.execute_command("EVALSHA", sha(name), 1, key, *args)
+    except NoScriptError:
+        client.script_load(source(name))
+        return client.execute_command("EVALSHA", sha(name), 1, key, *args)
+
+
+def call_many(client: redis.Redis, name: str, key: str, argv: list[list[Any]]) -> list[Any]:
+    """Several calls of one script in one pipeline (one round trip). With NOSCRIPT every
+    call of the batch fails alike and none ran, so loading and repeating the batch is safe."""
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for args in argv:
+            pipe.execute_command("EVALSHA", sha(name), 1, key, *args)  # type: ignore[no-untyped-call]
         try:
-            return self._scripts[name]
-        except KeyError:
-            raise AttributeError(name) from None
+            return list(pipe.execute())
+        except NoScriptError:
+            if attempt:
+                raise
+            client.script_load(source(name))
+    raise AssertionError("unreachable")
