@@ -36,6 +36,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -49,6 +50,11 @@ from uuid import UUID, uuid4
 from .errors import UsageError
 from .queue import Claimed
 from .worker import Worker
+
+# Without PREFECT_API_URL, Prefect starts a local API server process, which creates its
+# database the first time: on a small or busy machine that outlasts Prefect's default of
+# 20 s. A default only: an explicit setting wins (read when Prefect is first imported).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 try:
     import httpx

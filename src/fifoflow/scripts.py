@@ -34,10 +34,10 @@ def sha(name: str) -> str:
 def call(client: redis.Redis, name: str, key: str, *args: Any) -> Any:
     """Run script ``name`` with KEYS = [key] and ARGV = args."""
     try:
-        return client.execute_command("EVALSHA", sha(name), 1, key, *args)
+        return client.execute_command("EVALSHA", sha(name), 1, key, *args)  # type: ignore[no-untyped-call]
     except NoScriptError:
         client.script_load(source(name))
-        return client.execute_command("EVALSHA", sha(name), 1, key, *args)
+        return client.execute_command("EVALSHA", sha(name), 1, key, *args)  # type: ignore[no-untyped-call]
 
 
 def call_many(client: redis.Redis, name: str, key: str, argv: list[list[Any]]) -> list[Any]:
