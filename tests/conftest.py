@@ -30,6 +30,16 @@ TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="run the full chaos test (10,000 jobs, 4x4 worker slots, kills every ~2 s); "
+        "make chaos",
+    )
+
+
 def _short_tmp(prefix: str) -> Path:
     # unix socket paths must stay short: use /tmp directly, not pytest's deep folders.
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
@@ -85,12 +95,18 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 "redis-server",
-                "--port", "0",
-                "--unixsocket", str(self.socket),
-                "--unixsocketperm", "700",
-                "--dir", str(self.home),
-                "--save", "",
-                "--appendonly", "no",
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.home),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
                 *extra,
             ],
             stdout=subprocess.DEVNULL,
@@ -108,8 +124,11 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def close(self) -> None:
-        _stop_pid(self.proc.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
             self.proc.wait(5)
         shutil.rmtree(self.home, ignore_errors=True)
 
@@ -150,7 +169,9 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     monkeypatch.delenv("FIFOFLOW_URL", raising=False)
     monkeypatch.delenv("FIFOFLOW_QUEUE", raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
     return home
 
 
@@ -182,7 +203,9 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, *args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, **kw: Any
+    ) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             list(args),
             env={**os.environ, **(env or {})},
@@ -195,7 +218,9 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def worker(self, *args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+    def worker(
+        self, *args: str, env: dict[str, str] | None = None, **kw: Any
+    ) -> subprocess.Popen[str]:
         """``fifoflow worker ARGS`` as a real process."""
         return self.start(sys.executable, "-m", "fifoflow", "worker", *args, env=env, **kw)
 
@@ -218,7 +243,9 @@ def procs() -> Iterator[Processes]:
     p.close()
 
 
-def run_cli(*args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``fifoflow ARGS`` in a real subprocess: exit code, stdout and stderr as a user sees them."""
     return subprocess.run(
         [sys.executable, "-m", "fifoflow", *args],

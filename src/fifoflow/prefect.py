@@ -146,6 +146,10 @@ class PrefectWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Every Prefect API call would be an INFO line of httpx's under a root logger at INFO.
+        httpx_log = logging.getLogger("httpx")
+        if httpx_log.level == logging.NOTSET:
+            httpx_log.setLevel(logging.WARNING)
         self._parent_ctx: contextvars.Context | None = None
         self._flows: dict[tuple[str, float | None], tuple[Flow[..., Any], Task[..., Any]]] = {}
         self._flows_lock = threading.Lock()
@@ -158,6 +162,8 @@ class PrefectWorker(Worker):
         self._active: dict[str, str] = {}  # child flow run id -> job id, while it runs
         #: The dispatcher's flow run id, once ``run`` has entered it.
         self.flow_run_id: str | None = None
+        #: ``time.monotonic()`` when the dispatcher flow run began (the API was up by then).
+        self.dispatch_started: float | None = None
 
     @property
     def run_name(self) -> str:
@@ -207,6 +213,7 @@ class PrefectWorker(Worker):
         if ctx is None or ctx.flow_run is None:  # pragma: no cover - Prefect guarantees it
             raise RuntimeError("the dispatcher flow has no flow run context")
         self.flow_run_id = str(ctx.flow_run.id)
+        self.dispatch_started = time.monotonic()
         settings = (
             contextlib.nullcontext()
             if self.child_heartbeats

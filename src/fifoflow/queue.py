@@ -306,7 +306,8 @@ class Queue:
         timeout: float | None = None,
     ) -> list[Job]:
         """Queue one job per parameter set. Validates everything before sending anything;
-        each batch of ``BATCH`` jobs is one atomic call, batches go in one pipeline."""
+        each batch of ``BATCH`` jobs is one atomic call. The first batch checks the whole
+        push against ``max_length``, so a push that does not fit adds nothing."""
         validate_target(target)
         validate_name("pool", pool)
         _int("priority", priority)
@@ -333,21 +334,19 @@ class Queue:
             "" if delay_s is None else repr(delay_s),
         ]
         self._register_queue()
-        batches: list[list[Any]] = []
+        jobs: list[Job] = []
         for start in range(0, len(encoded), BATCH):
             chunk = encoded[start : start + BATCH]
-            args: list[Any] = [self._suffix, str(len(chunk))]
+            later = len(encoded) - start - len(chunk)
+            args: list[Any] = [self._suffix, str(len(chunk)), str(later)]
             for i, params in enumerate(chunk):
                 fields = list(common)
                 fields[2] = job_keys[start + i] or ""
                 args += [target, params, *fields]
-            batches.append(args)
-        jobs: list[Job] = []
-        for reply in scripts.call_many(self.client, "push", self._prefix, batches):
+            reply = scripts.call(self.client, "push", self._prefix, *args)
             if reply[0] == "FULL":
                 raise QueueFull(self.name, int(reply[1]), int(reply[2]))
-            for i in range(1, len(reply), 3):
-                jobs.append(Job(self, reply[i]))
+            jobs += [Job(self, reply[i]) for i in range(1, len(reply), 3)]
         return jobs
 
     def _register_queue(self) -> None:

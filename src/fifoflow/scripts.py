@@ -38,19 +38,3 @@ def call(client: redis.Redis, name: str, key: str, *args: Any) -> Any:
     except NoScriptError:
         client.script_load(source(name))
         return client.execute_command("EVALSHA", sha(name), 1, key, *args)  # type: ignore[no-untyped-call]
-
-
-def call_many(client: redis.Redis, name: str, key: str, argv: list[list[Any]]) -> list[Any]:
-    """Several calls of one script in one pipeline (one round trip). With NOSCRIPT every
-    call of the batch fails alike and none ran, so loading and repeating the batch is safe."""
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for args in argv:
-            pipe.execute_command("EVALSHA", sha(name), 1, key, *args)  # type: ignore[no-untyped-call]
-        try:
-            return list(pipe.execute())
-        except NoScriptError:
-            if attempt:
-                raise
-            client.script_load(source(name))
-    raise AssertionError("unreachable")

@@ -122,6 +122,11 @@ class Worker:
         # BLPOP needs a connection of its own, whose id CLIENT UNBLOCK can name.
         self._blocking = connect(url, single_connection_client=True)
         self._blocking_id = int(self._blocking.client_id())
+        # A reconnect (after an outage) gets a new id; CLIENT UNBLOCK must name the new one.
+        if self._blocking.connection is not None:
+            self._blocking.connection.register_connect_callback(  # type: ignore[no-untyped-call]
+                self._blocking_reconnected
+            )
 
         self._lock = threading.Lock()
         self._idle_changed = threading.Condition(self._lock)
@@ -231,6 +236,10 @@ class Worker:
                 self._stopping.wait(0.5)
         finally:
             self._blocked = False
+
+    def _blocking_reconnected(self, conn: Any) -> None:
+        conn.send_command("CLIENT", "ID")
+        self._blocking_id = int(conn.read_response())
 
     def _drained(self) -> bool:
         with self._lock:

@@ -2,7 +2,9 @@
 -- KEYS[1]  queue prefix "ff:{QUEUE}:" (routing and key names)
 -- ARGV[1]  id suffix (4 hex digits of the queue name)
 -- ARGV[2]  number of jobs N
--- ARGV[3..] N groups of 8: target, params (JSON), priority, pool, key ('' = none),
+-- ARGV[3]  jobs of the same push_many still to come in later batches (counted against
+--          max_length here, so a push_many that does not fit fails before its first batch)
+-- ARGV[4..] N groups of 8: target, params (JSON), priority, pool, key ('' = none),
 --           retries, timeout ('' = none), delay seconds ('' or 0 = none)
 -- Returns  {'OK', id1, new1, status1, ...}  (new = '1' added, '0' de-duplicated)
 --       or {'FULL', pending, max_length}   (nothing added)
@@ -16,7 +18,7 @@ local existing = {}
 local new_count = 0
 local batch_keys = {}
 for i = 0, n - 1 do
-  local key = ARGV[3 + i * 8 + 4]
+  local key = ARGV[4 + i * 8 + 4]
   local hit = nil
   -- A key repeated within this batch is not new: the loop below gives it the id made
   -- for its first occurrence (by_key).
@@ -42,7 +44,7 @@ if max_length and new_count > 0 then
   for _, pool in ipairs(redis.call('SMEMBERS', P .. 'pools')) do
     pending = pending + redis.call('ZCARD', P .. 'ready:' .. pool)
   end
-  if pending + new_count > max_length then
+  if pending + new_count + (tonumber(ARGV[3]) or 0) > max_length then
     return {'FULL', tostring(pending), tostring(max_length)}
   end
 end
@@ -53,7 +55,7 @@ local created = fmt_time(now)
 local now_us = math.floor(now * 1000000)
 local by_key = {}
 for i = 0, n - 1 do
-  local b = 3 + i * 8
+  local b = 4 + i * 8
   local target, params, priority, pool = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local key, retries, timeout, delay = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
   local id = existing[i] or (key ~= '' and by_key[key])

@@ -1,0 +1,175 @@
+"""Guarantee 3: leases, fencing tokens, lease expiry and release put a job back at its
+original place; a worker whose lease was taken over cannot overwrite the record."""
+
+from __future__ import annotations
+
+import time
+
+from fifoflow import Queue
+
+T = "fftest_targets:add"
+
+
+def ids(claimed: list) -> list[str]:  # type: ignore[type-arg]
+    return [c.id for c in claimed]
+
+
+def test_stale_token_is_refused(queue: Queue) -> None:
+    job = queue.push(T, {"x": 1})
+    _, [old] = queue.claim("w-old", 1, ["default"], 0.05)
+    time.sleep(0.08)
+    _, [new] = queue.claim("w-new", 1, ["default"], 30)  # reaps, then claims the same job
+    assert new.id == old.id and new.token != old.token
+    assert new.attempts == 2
+    before = job.to_dict()
+
+    assert queue.complete(old, "ok", "99").outcome == "stale"
+    assert queue.complete(old, "fail", "E: x", traceback="tb").outcome == "stale"
+    assert queue.complete(old, "dead", "E: x").outcome == "stale"
+    assert queue.extend([old], 60) == [old.id]
+    assert queue.release([old]) == 0
+    after = job.to_dict()
+    assert after == before
+    assert (after["status"], after["worker"], after["result"]) == ("running", "w-new", None)
+    assert queue.traceback(job.id) is None
+
+    assert queue.extend([new], 30) == []
+    assert queue.complete(new, "ok", "2").outcome == "succeeded"
+    assert queue.complete(old, "ok", "99").outcome == "stale"
+    assert queue.complete(new, "ok", "3").outcome == "stale"  # recorded exactly once
+    assert job.to_dict()["result"] == 2
+    assert queue.stats()["succeeded"] == 1
+
+
+def test_ack_after_lease_ran_out_but_before_reaping_counts(queue: Queue) -> None:
+    """Nobody else holds the job yet, so the late ack is the one record."""
+    queue.push(T)
+    b = queue.push(T).id
+    _, [c] = queue.claim("w", 1, ["default"], 0.0)
+    done = queue.complete(c, "ok", "1", claim=("w", 1, ["default"], 30))
+    assert done.outcome == "succeeded"
+    assert ids(done.claimed) == [b]
+
+
+def test_stale_completion_still_claims_for_the_free_slot(queue: Queue) -> None:
+    a = queue.push(T).id
+    b = queue.push(T).id
+    _, [old] = queue.claim("w", 1, ["default"], 0.0)
+    queue.maintain()  # reaped: `a` is back in line, `old` is void
+    done = queue.complete(old, "ok", "1", claim=("w", 2, ["default"], 30))
+    assert done.outcome == "stale"
+    assert ids(done.claimed) == [a, b]
+    assert queue.record(a)["result"] is None  # type: ignore[index]
+
+
+def test_lease_expiry_returns_jobs_to_their_original_place(queue: Queue) -> None:
+    a, b, c = (queue.push(T, {"x": i}).id for i in range(3))
+    d = queue.push(T, {"x": 3}, priority=-1).id
+    _, lost = queue.claim("dies", 2, ["default"], 0.1)
+    assert ids(lost) == [a, b]
+    assert queue.job_ids("running") == [a, b]
+    time.sleep(0.15)
+    _, claimed = queue.claim("w2", 4, ["default"], 30)
+    assert ids(claimed) == [a, b, c, d]
+    assert [x.attempts for x in claimed] == [2, 2, 1, 1]
+    assert queue.client.hget(f"ff:{{{queue.name}}}:job:{a}", "lost") == "1"
+
+
+def test_maintain_reaps_expired_leases(queue: Queue) -> None:
+    job = queue.push(T)
+    queue.claim("w", 1, ["default"], 0.4)
+    assert queue.maintain() == (0, 0, 0)  # not yet expired
+    time.sleep(0.45)
+    assert queue.maintain() == (0, 1, 0)
+    rec = job.to_dict()
+    assert (rec["status"], rec["worker"]) == ("queued", None)
+    assert queue.stats()["queued"] == 1
+
+
+def test_expired_high_priority_job_goes_before_older_low_priority(queue: Queue) -> None:
+    low = queue.push(T, priority=0).id
+    high = queue.push(T, priority=7).id
+    _, [c] = queue.claim("w", 1, ["default"], 0.0)
+    assert c.id == high
+    assert ids(queue.claim("w", 2, ["default"], 30)[1]) == [high, low]
+
+
+def test_expired_job_returns_to_its_own_pool(queue: Queue) -> None:
+    g = queue.push(T, pool="gpu").id
+    queue.claim("w", 1, ["gpu"], 0.0)
+    assert queue.claim("w", 1, ["default"], 30)[1] == []
+    assert ids(queue.claim("w", 1, ["gpu"], 30)[1]) == [g]
+
+
+def test_extend_keeps_the_lease(queue: Queue) -> None:
+    job = queue.push(T)
+    _, [c] = queue.claim("w", 1, ["default"], 0.15)
+    assert queue.extend([c], 30) == []
+    time.sleep(0.2)
+    assert queue.maintain()[1] == 0
+    assert job.status == "running"
+    next_event, _ = queue.claim("w", 1, ["default"], 30)
+    assert 29 < next_event <= 30
+    assert queue.complete(c, "ok", "null").outcome == "succeeded"
+
+
+def test_extend_reports_lost_and_finished_jobs(queue: Queue) -> None:
+    a, b = queue.push(T).id, queue.push(T).id
+    _, [ca, cb] = queue.claim("w", 2, ["default"], 30)
+    queue.complete(cb, "ok", "null")
+    assert queue.extend([ca, cb], 30) == [b]
+    assert queue.extend([], 30) == []
+    assert ca.id == a
+
+
+def test_release_puts_jobs_back_at_their_original_place(queue: Queue) -> None:
+    a, b, c = (queue.push(T, {"x": i}).id for i in range(3))
+    _, held = queue.claim("stopping", 2, ["default"], 30)
+    assert ids(held) == [a, b]
+    assert queue.release(held) == 2
+    assert queue.release(held) == 0  # tokens are void now
+    rec = queue.record(a)
+    assert rec is not None
+    assert rec["status"] == "queued"
+    assert (rec["attempts"], rec["worker"], rec["started_at"]) == (0, None, None)
+    _, claimed = queue.claim("w2", 3, ["default"], 30)
+    assert ids(claimed) == [a, b, c]
+    assert [x.attempts for x in claimed] == [1, 1, 1]  # a release is not an attempt
+    assert queue.release([]) == 0
+
+
+def test_released_token_cannot_complete(queue: Queue) -> None:
+    job = queue.push(T)
+    _, [c] = queue.claim("w", 1, ["default"], 30)
+    queue.release([c])
+    assert queue.complete(c, "ok", "1").outcome == "stale"
+    assert job.status == "queued"
+
+
+def test_complete_acks_and_claims_next_in_one_call(queue: Queue) -> None:
+    a, b, c = (queue.push(T, {"x": i}).id for i in range(3))
+    _, [ca] = queue.claim("w", 1, ["default"], 30)
+    done = queue.complete(ca, "ok", "0", claim=("w", 1, ["default"], 30))
+    assert done.outcome == "succeeded"
+    assert ids(done.claimed) == [b]
+    done = queue.complete(done.claimed[0], "ok", "1", claim=("w", 5, ["default"], 30))
+    assert ids(done.claimed) == [c]
+    done = queue.complete(done.claimed[0], "ok", "2", claim=("w", 1, ["default"], 30))
+    assert done.claimed == [] and done.next_event == -1
+    assert queue.stats()["succeeded"] == 3
+    assert queue.job(a).result(timeout=0) == 0
+
+
+def test_complete_records_an_extra_field(queue: Queue) -> None:
+    job = queue.push(T)
+    _, [c] = queue.claim("w", 1, ["default"], 30)
+    queue.complete(c, "ok", "null", extra=("flow_run_id", "abc-123"))
+    assert job.to_dict()["flow_run_id"] == "abc-123"
+
+
+def test_running_jobs_are_tracked(queue: Queue) -> None:
+    queue.push_many(T, [{}] * 3)
+    _, held = queue.claim("w", 2, ["default"], 30)
+    assert queue.stats()["running"] == 2
+    assert queue.job_ids("running") == sorted(ids(held))
+    assert {r["worker"] for r in queue.jobs("running")} == {"w"}
