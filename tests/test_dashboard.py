@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Processes, wait_for
 
+from conftest import Processes, wait_for
 from fifoflow import Queue
 from fifoflow.dashboard import make_server
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EmbeddedServer, Processes, run_cli, wait_for
 
+from conftest import EmbeddedServer, Processes, run_cli, wait_for
 from fifoflow import Queue
 
 FAST = {"FIFOFLOW_RETRY_BASE_SECONDS": "0.05"}
@@ -25,7 +25,9 @@ def starts(log: Path) -> list[dict[str, Any]]:
 
 def push_records(q: Queue, log: Path, n: int, seconds: float = 0.0, **kw: Any) -> list[str]:
     jobs = q.push_many(
-        "fftest_targets:record", [{"log": str(log), "n": i, "seconds": seconds} for i in range(n)], **kw
+        "fftest_targets:record",
+        [{"log": str(log), "n": i, "seconds": seconds} for i in range(n)],
+        **kw,
     )
     return [j.id for j in jobs]
 
@@ -35,7 +37,9 @@ def all_finished(q: Queue) -> bool:
     return s["queued"] + s["delayed"] + s["running"] == 0
 
 
-def test_sigkill_of_a_busy_worker_loses_nothing(vqueue: Queue, procs: Processes, tmp_path: Path) -> None:
+def test_sigkill_of_a_busy_worker_loses_nothing(
+    vqueue: Queue, procs: Processes, tmp_path: Path
+) -> None:
     log = tmp_path / "starts.log"
     ids = push_records(vqueue, log, 24, seconds=0.4)
     a = procs.worker("fftest_targets", "-c", "4", "--lease", "2", env=FAST)
@@ -104,7 +108,9 @@ def test_start_order_follows_the_queue(
         assert max(abs(rank - n_) for rank, n_ in enumerate(order)) <= workers * slots
 
 
-def test_priorities_and_pools_through_the_cli(vqueue: Queue, procs: Processes, tmp_path: Path) -> None:
+def test_priorities_and_pools_through_the_cli(
+    vqueue: Queue, procs: Processes, tmp_path: Path
+) -> None:
     log = tmp_path / "starts.log"
 
     def push(n: int, *extra: str) -> None:
@@ -143,7 +149,9 @@ def test_poison_job_goes_dead_and_the_worker_goes_on(vqueue: Queue, procs: Proce
     assert bad is not None and bad["status"] == "dead" and "not imported" in bad["error"]
 
 
-def test_job_over_its_timeout_fails_and_the_slot_is_replaced(vqueue: Queue, procs: Processes) -> None:
+def test_job_over_its_timeout_fails_and_the_slot_is_replaced(
+    vqueue: Queue, procs: Processes
+) -> None:
     slow = vqueue.push("fftest_targets:sleep", {"seconds": 30}, timeout=0.5, retries=0)
     quick = vqueue.push("fftest_targets:add", {"x": 1})
     w = procs.worker("fftest_targets", "-c", "1", "--burst")
@@ -173,6 +181,7 @@ def test_status_jobs_and_workers_commands_show_a_live_worker(
     vqueue.push_many("fftest_targets:sleep", [{"seconds": 6}, {"seconds": 6}, {"seconds": 0.1}])
     procs.worker("fftest_targets", "-c", "2", "--name", "w-test", "--lease", "3")
     wait_for(lambda: vqueue.stats()["running"] == 2, timeout=20)
+
     # Other tests' killed workers may still be listed until their registration expires;
     # the running jobs show from the first heartbeat on.
     def me() -> list[dict[str, Any]]:
@@ -221,10 +230,15 @@ def test_worker_survives_a_server_restart(procs: Processes, tmp_path: Path) -> N
         srv.close()
 
 
-def test_process_slots_kill_an_overrunning_job(vqueue: Queue, procs: Processes, tmp_path: Path) -> None:
+def test_process_slots_kill_an_overrunning_job(
+    vqueue: Queue, procs: Processes, tmp_path: Path
+) -> None:
     marker = tmp_path / "finished"
     slow = vqueue.push(
-        "fftest_targets:sleep_then_touch", {"seconds": 3, "path": str(marker)}, timeout=0.5, retries=0
+        "fftest_targets:sleep_then_touch",
+        {"seconds": 3, "path": str(marker)},
+        timeout=0.5,
+        retries=0,
     )
     quick = vqueue.push_many("fftest_targets:add", [{"x": i} for i in range(3)])
     w = procs.worker("fftest_targets", "-c", "1", "--processes", "--burst")
