@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from os import getcwd  # imported, not defined here: a worker must refuse to run it
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,10 @@ def flaky(marker: str) -> str:
 def sleep_then_touch(seconds: float, path: str) -> None:
     time.sleep(seconds)
     Path(path).write_text("done")
+
+
+def _private() -> str:
+    return "should never run as a job"
+
+
+__all__ = ["getcwd"]

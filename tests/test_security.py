@@ -320,3 +320,21 @@ def test_python_api_refuses_non_json_params_before_sending(vqueue: Queue) -> Non
     with pytest.raises(TypeError, match="not JSON"):
         vqueue.push("fftest_targets:echo", {"x": Payload()})
     assert vqueue.job_ids() == []
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_only_public_functions_defined_in_the_modules_run(
+    vqueue: Queue, procs: Processes, processes: bool
+) -> None:
+    imported = vqueue.push("fftest_targets:getcwd", retries=2)
+    private = vqueue.push("fftest_targets:_private", retries=2)
+    fine = vqueue.push("fftest_targets:add", {"x": 1})
+    w = procs.worker("fftest_targets", "--burst", *(["--processes"] if processes else []))
+    assert w.wait(60) == 0
+    assert fine.result(timeout=1) == 1
+    rec = vqueue.record(imported.id)
+    assert rec is not None and (rec["status"], rec["attempts"]) == ("dead", 1)
+    assert "is defined in posix" in rec["error"]
+    rec = vqueue.record(private.id)
+    assert rec is not None and (rec["status"], rec["attempts"]) == ("dead", 1)
+    assert "is private" in rec["error"]

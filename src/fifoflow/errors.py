@@ -23,6 +23,10 @@ class ServerError(FifoflowError):
     """The embedded server could not be started or stopped."""
 
 
+class ServerConfigError(UsageError, ServerError):
+    """The embedded server's configuration is invalid (bad input: exit code 2)."""
+
+
 class QueueFull(FifoflowError):
     """A push would take the queue past its maximum length; nothing was added."""
 

@@ -25,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import ServerError
+from .errors import ServerConfigError, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def ensure_running(home: Path, appendfsync: str = "everysec", port: int = 0) -> 
     if _ping(paths):
         return paths.url
     if appendfsync not in ("everysec", "always", "no"):
-        raise ServerError(
+        raise ServerConfigError(
             f"FIFOFLOW_APPENDFSYNC must be everysec, always or no, not {appendfsync!r}"
         )
     home.mkdir(parents=True, exist_ok=True, mode=0o700)

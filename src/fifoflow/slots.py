@@ -15,9 +15,11 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, cast
+
+from .queue import TARGET_RE
 
 #: Outcome of one attempt as (outcome, payload, traceback): ("ok", result JSON, "") or
 #: ("fail", one-line error, traceback).
@@ -29,11 +31,42 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def import_target(target: str) -> Callable[..., Any]:
+class TargetNotAllowed(Exception):
+    """The target lies outside the modules this worker was started with."""
+
+
+def inside(module_name: str, modules: Sequence[str]) -> bool:
+    return any(module_name == m or module_name.startswith(m + ".") for m in modules)
+
+
+def check_allowed(target: str, modules: Sequence[str]) -> None:
+    """Before any import: the target must name a public function of an allowed module."""
+    if not TARGET_RE.match(target):
+        raise TargetNotAllowed(f"invalid target {target!r}")
+    module_name, attr = target.split(":")
+    if not inside(module_name, modules):
+        raise TargetNotAllowed(
+            f"target {target!r} is outside the modules this worker serves "
+            f"({', '.join(modules)}); it was not imported"
+        )
+    if attr.startswith("_"):
+        raise TargetNotAllowed(f"target {target!r} is private: only public names can run")
+
+
+def import_target(target: str, modules: Sequence[str]) -> Callable[..., Any]:
+    """Import an allowed target; it must also be *defined* in an allowed module, so a name
+    an allowed module merely imported (``from os import system``) cannot be run."""
     module_name, attr = target.split(":")
     fn = getattr(importlib.import_module(module_name), attr)
     if not callable(fn):
         raise TypeError(f"target {target!r} is not callable")
+    inner = getattr(fn, "fn", None) or getattr(fn, "__wrapped__", None) or fn  # Prefect flows
+    defined_in = getattr(inner, "__module__", None)
+    if not isinstance(defined_in, str) or not inside(defined_in, modules):
+        raise TargetNotAllowed(
+            f"target {target!r} is defined in {defined_in or 'an unknown module'}, outside "
+            f"the modules this worker serves ({', '.join(modules)})"
+        )
     return cast(Callable[..., Any], fn)
 
 
@@ -49,7 +82,7 @@ def call_target(fn: Callable[..., Any], target: str, params_json: str) -> Outcom
         return "fail", one_line(e), traceback.format_exc()
 
 
-def _child_main(conn: Connection, sys_path: list[str]) -> None:
+def _child_main(conn: Connection, sys_path: list[str], modules: list[str]) -> None:
     # The parent handles SIGINT/SIGTERM and decides what happens to running jobs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -62,9 +95,11 @@ def _child_main(conn: Connection, sys_path: list[str]) -> None:
             return
         target, params = request["target"], request["params"]
         try:
-            fn = cache.get(target) or import_target(target)
+            fn = cache.get(target) or import_target(target, modules)
             cache[target] = fn
             outcome = call_target(fn, target, params)
+        except TargetNotAllowed as e:
+            outcome = ("dead", one_line(e), "")
         except Exception as e:
             outcome = ("fail", one_line(e), traceback.format_exc())
         conn.send_bytes(json.dumps(outcome).encode())
@@ -73,7 +108,8 @@ def _child_main(conn: Connection, sys_path: list[str]) -> None:
 class ProcessSlot:
     """One child process, started on first use and replaced after a kill."""
 
-    def __init__(self) -> None:
+    def __init__(self, modules: Sequence[str]) -> None:
+        self._modules = list(modules)
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -83,7 +119,7 @@ class ProcessSlot:
             self.close()
             parent, child = self._ctx.Pipe()
             self._proc = self._ctx.Process(
-                target=_child_main, args=(child, list(sys.path)), daemon=True
+                target=_child_main, args=(child, list(sys.path), self._modules), daemon=True
             )
             self._proc.start()
             child.close()

@@ -40,7 +40,7 @@ from .connection import connect
 from .errors import UsageError
 from .queue import TARGET_RE, Claimed, Queue, validate_name
 from .settings import Settings, get_settings
-from .slots import ProcessSlot, import_target, one_line
+from .slots import ProcessSlot, TargetNotAllowed, check_allowed, import_target, one_line
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ T = TypeVar("T")
 #: Longest an idle dispatcher blocks before it looks around again (a safety net only:
 #: pushes, due jobs and shutdown all wake it earlier).
 MAX_BLOCK = 5.0
-
-
-class TargetNotAllowed(Exception):
-    """The target lies outside the modules this worker was started with."""
 
 
 class ResultNotJSON(TypeError):
@@ -134,7 +130,8 @@ class Worker:
         self._handoff: stdlib_queue.SimpleQueue[Claimed | None] = stdlib_queue.SimpleQueue()
         self.processes = processes
         self._slots = [
-            Slot(i, process=ProcessSlot() if processes else None) for i in range(concurrency)
+            Slot(i, process=ProcessSlot(self.modules) if processes else None)
+            for i in range(concurrency)
         ]
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -345,14 +342,20 @@ class Worker:
     def _execute(self, job: Claimed, slot: Slot) -> tuple[str, str, str, tuple[str, str]]:
         """Run one attempt: (outcome, result JSON or error line, traceback, extra field)."""
         log.debug("job %s %s started (attempt %d)", job.id, job.target, job.attempts)
-        try:
-            self._check_allowed(job.target)
-        except TargetNotAllowed as e:
-            return "dead", one_line(e), "", ("", "")
+        fn = self._fn_cache.get(job.target)
+        if fn is None:
+            try:
+                check_allowed(job.target, self.modules)
+                if slot.process is None:
+                    fn = self._fn_cache[job.target] = import_target(job.target, self.modules)
+            except TargetNotAllowed as e:
+                return "dead", one_line(e), "", ("", "")
+            except Exception as e:
+                return "fail", one_line(e), traceback.format_exc(), ("", "")
         if slot.process is not None:
             return (*slot.process.run(job.target, job.params, job.timeout), ("", ""))
         try:
-            fn = self._resolve(job.target)
+            assert fn is not None
             result, extra = self.invoke(job, fn, json.loads(job.params))
             try:
                 text = json.dumps(result, separators=(",", ":"), allow_nan=False)
@@ -374,23 +377,6 @@ class Worker:
     ) -> tuple[Any, tuple[str, str]]:
         """Call the target; Prefect mode overrides this to run it as a child flow run."""
         return fn(**params), ("", "")
-
-    def _check_allowed(self, target: str) -> None:
-        """Only targets inside the worker's modules run; the check imports nothing."""
-        if not TARGET_RE.match(target):
-            raise TargetNotAllowed(f"invalid target {target!r}")
-        module_name = target.split(":")[0]
-        if not any(module_name == m or module_name.startswith(m + ".") for m in self.modules):
-            raise TargetNotAllowed(
-                f"target {target!r} is outside the modules this worker serves "
-                f"({', '.join(self.modules)}); it was not imported"
-            )
-
-    def _resolve(self, target: str) -> Callable[..., Any]:
-        fn = self._fn_cache.get(target)
-        if fn is None:
-            fn = self._fn_cache[target] = import_target(target)
-        return fn
 
     # -- monitor: heartbeats, registry, timeouts -----------------------------------
 
