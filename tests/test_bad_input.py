@@ -199,7 +199,9 @@ def test_cli_full_queue_exit_1(vqueue: Queue, cli: CLI, tmp_path: Path) -> None:
     # one more fits, the next does not
     assert cli("push", T, "--params", "{}").returncode == 0
     before = snapshot(vqueue)
-    assert_one_line_error(cli("push", T, "--params", "{}"), 1, "is full: 3 waiting, max_length 3")
+    assert_one_line_error(
+        cli("push", T, "--params", "{}"), 1, "is full: 3 waiting + 1 new > max_length 3"
+    )
     assert snapshot(vqueue) == before
     vqueue.set_max_length(None)
     assert cli("push", T).returncode == 0

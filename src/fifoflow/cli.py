@@ -152,32 +152,26 @@ def push(
     sys.stdout.write("".join(i + "\n" for i in ids))
 
 
-def _push_with_progress(
-    q: Queue, target: str, sets: list[dict[str, Any]], options: dict[str, Any]
-) -> list[str]:
-    ids: list[str] = []
-    step = 5000
-    with Progress(
-        TextColumn("pushing"),
+def _progress(label: str) -> Progress:
+    """A progress bar on stderr, shown only on a terminal."""
+    return Progress(
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
         disable=not err.is_terminal,
         transient=True,
-    ) as bar:
+    )
+
+
+def _push_with_progress(
+    q: Queue, target: str, sets: list[dict[str, Any]], options: dict[str, Any]
+) -> list[str]:
+    with _progress("pushing") as bar:
         task = bar.add_task("push", total=len(sets))
-        for start in range(0, len(sets), step):
-            chunk = sets[start : start + step]
-            try:
-                ids += [j.id for j in q.push_many(target, chunk, **options)]
-            except FifoflowError as e:
-                if ids:
-                    sys.stdout.write("".join(i + "\n" for i in ids))
-                    e.args = (f"{e} ({len(ids)} of {len(sets)} jobs were queued before this)",)
-                raise
-            bar.advance(task, len(chunk))
-    return ids
+        jobs = q.push_many(target, sets, on_batch=lambda n: bar.advance(task, n), **options)
+    return [j.id for j in jobs]
 
 
 # -- worker ------------------------------------------------------------------------------
@@ -396,15 +390,7 @@ def wait(
     deadline = None if timeout is None else time.monotonic() + timeout
     left = pending()
     total = left
-    with Progress(
-        TextColumn("waiting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not err.is_terminal,
-        transient=True,
-    ) as bar:
+    with _progress("waiting") as bar:
         task = bar.add_task("wait", total=total)
         while left > 0:
             if deadline is not None and time.monotonic() >= deadline:

@@ -30,8 +30,10 @@ class ServerConfigError(UsageError, ServerError):
 class QueueFull(FifoflowError):
     """A push would take the queue past its maximum length; nothing was added."""
 
-    def __init__(self, queue: str, pending: int, max_length: int) -> None:
-        super().__init__(f"queue {queue!r} is full: {pending} waiting, max_length {max_length}")
+    def __init__(self, queue: str, pending: int, max_length: int, adding: int = 1) -> None:
+        super().__init__(
+            f"queue {queue!r} is full: {pending} waiting + {adding} new > max_length {max_length}"
+        )
         self.queue, self.pending, self.max_length = queue, pending, max_length
 
 

@@ -13,7 +13,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -304,6 +304,7 @@ class Queue:
         delay: float | None = None,
         retries: int = 3,
         timeout: float | None = None,
+        on_batch: Callable[[int], object] | None = None,
     ) -> list[Job]:
         """Queue one job per parameter set. Validates everything before sending anything;
         each batch of ``BATCH`` jobs is one atomic call. The first batch checks the whole
@@ -345,8 +346,10 @@ class Queue:
                 args += [target, params, *fields]
             reply = scripts.call(self.client, "push", self._prefix, *args)
             if reply[0] == "FULL":
-                raise QueueFull(self.name, int(reply[1]), int(reply[2]))
+                raise QueueFull(self.name, int(reply[1]), int(reply[2]), int(reply[3]))
             jobs += [Job(self, reply[i]) for i in range(1, len(reply), 3)]
+            if on_batch is not None:
+                on_batch(len(chunk))
         return jobs
 
     def _register_queue(self) -> None:

@@ -7,7 +7,7 @@
 -- ARGV[4..] N groups of 8: target, params (JSON), priority, pool, key ('' = none),
 --           retries, timeout ('' = none), delay seconds ('' or 0 = none)
 -- Returns  {'OK', id1, new1, status1, ...}  (new = '1' added, '0' de-duplicated)
---       or {'FULL', pending, max_length}   (nothing added)
+--       or {'FULL', pending, max_length, adding}   (nothing added)
 local P = KEYS[1]
 local suffix = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -44,8 +44,9 @@ if max_length and new_count > 0 then
   for _, pool in ipairs(redis.call('SMEMBERS', P .. 'pools')) do
     pending = pending + redis.call('ZCARD', P .. 'ready:' .. pool)
   end
-  if pending + new_count + (tonumber(ARGV[3]) or 0) > max_length then
-    return {'FULL', tostring(pending), tostring(max_length)}
+  local adding = new_count + (tonumber(ARGV[3]) or 0)
+  if pending + adding > max_length then
+    return {'FULL', tostring(pending), tostring(max_length), tostring(adding)}
   end
 end
 
