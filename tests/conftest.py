@@ -133,6 +133,16 @@ class RedisServer:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_home_untouched() -> Iterator[None]:
+    """Fail the session if anything created the user's ~/.fifoflow while tests ran."""
+    home = Path.home() / ".fifoflow"
+    existed = home.exists()
+    yield
+    if not existed and home.exists():
+        raise AssertionError(f"a test touched {home}: every test must use a temporary home")
+
+
 @pytest.fixture(scope="session")
 def valkey() -> Iterator[EmbeddedServer]:
     srv = EmbeddedServer()
