@@ -101,7 +101,7 @@ def _seconds(name: str, value: object, *, allow_zero: bool) -> float | None:
     return float(value)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Claimed:
     """A job as handed to a worker: enough to run it and to report on it."""
 
@@ -114,7 +114,7 @@ class Claimed:
     attempts: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Completion:
     outcome: str  # succeeded | retry | dead | stale
     next_event: float  # seconds until something is due (-1: nothing scheduled)
@@ -382,21 +382,20 @@ class Queue:
         traceback: str = "",
         extra: tuple[str, str] = ("", ""),
         claim: tuple[str, int, Sequence[str], float] | None = None,
+        conn: redis.Connection | None = None,
     ) -> Completion:
         """Ack (``ok``) or fail (``fail`` retries if it may, ``dead`` never) one attempt,
-        and claim the next jobs for ``(worker, n, pools, lease)`` in the same round trip."""
+        and claim the next jobs for ``(worker, n, pools, lease)`` in the same round trip.
+        ``conn``: a connection the calling thread owns (a worker slot's), else the pool's."""
         worker, n, pools, lease = claim or ("", 0, (), 0.0)
-        reply = scripts.call(
-            self.client,
-            "complete",
-            self._prefix,
+        args = (
             job.id,
             job.token,
             outcome,
             payload,
             traceback,
             *self._retry_args,
-            repr(random.uniform(0.5, 1.0)),
+            "1" if outcome == "ok" else repr(random.uniform(0.5, 1.0)),
             self.settings.result_ttl_seconds,
             extra[0],
             extra[1],
@@ -405,6 +404,10 @@ class Queue:
             n,
             *pools,
         )
+        if conn is None:
+            reply = scripts.call(self.client, "complete", self._prefix, *args)
+        else:
+            reply = scripts.call_on(conn, "complete", self._prefix, *args)
         return Completion(reply[0], float(reply[1]), _parse_claimed(self.name, reply[2:]))
 
     def extend(self, jobs: Sequence[Claimed], lease: float) -> list[str]:

@@ -38,3 +38,17 @@ def call(client: redis.Redis, name: str, key: str, *args: Any) -> Any:
     except NoScriptError:
         client.script_load(source(name))
         return client.execute_command("EVALSHA", sha(name), 1, key, *args)  # type: ignore[no-untyped-call]
+
+
+def call_on(conn: redis.Connection, name: str, key: str, *args: Any) -> Any:
+    """The same on a connection the caller owns: the hot path of a worker slot, which skips
+    the pool and the client's wrappers (about a third of the client-side cost of a call).
+    Connection errors propagate; the connection reconnects on its next use."""
+    try:
+        conn.send_command("EVALSHA", sha(name), 1, key, *args)  # type: ignore[no-untyped-call]
+        return conn.read_response()
+    except NoScriptError:
+        conn.send_command("SCRIPT", "LOAD", source(name))  # type: ignore[no-untyped-call]
+        conn.read_response()
+        conn.send_command("EVALSHA", sha(name), 1, key, *args)  # type: ignore[no-untyped-call]
+        return conn.read_response()

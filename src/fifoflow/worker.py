@@ -55,7 +55,7 @@ class ResultNotJSON(TypeError):
     """The target returned something that is not JSON."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     """One attempt in progress on a slot."""
 
@@ -73,6 +73,8 @@ class Slot:
     run: Run | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
     process: ProcessSlot | None = field(default=None, repr=False)
+    #: The slot's own server connection for its ack-and-claim calls (no pool round).
+    conn: redis.Connection | None = field(default=None, repr=False)
 
 
 class Worker:
@@ -293,12 +295,14 @@ class Worker:
                 if run.abandoned or slot.generation != generation:
                     return  # the monitor failed this attempt for its timeout
                 run.finishing = True
-            job = self._finish(job, outcome, payload, tb, extra, time.monotonic() - run.started)
+            duration = time.monotonic() - run.started
+            job = self._finish(slot, job, outcome, payload, tb, extra, duration)
             with self._lock:
                 slot.run = None
 
     def _finish(
         self,
+        slot: Slot,
         job: Claimed,
         outcome: str,
         payload: str,
@@ -311,6 +315,9 @@ class Worker:
         # Only the first queue is claimed from here; others go through the dispatcher so
         # the queues' order is kept.
         n = 0 if self._stopping.is_set() or q is not self.queues[0] else 1
+        if slot.conn is None:
+            slot.conn = self.client.connection_pool.get_connection()
+        conn = slot.conn
         result = self._retrying(
             lambda: q.complete(
                 job,
@@ -319,6 +326,7 @@ class Worker:
                 traceback=tb,
                 extra=extra,
                 claim=(self.name, n, self.pools, self.lease),
+                conn=conn,
             ),
             forever=True,
         )
@@ -503,6 +511,9 @@ class Worker:
         for slot in self._slots:
             if slot.process is not None:
                 slot.process.close()
+            if slot.conn is not None:
+                self.client.connection_pool.release(slot.conn)
+                slot.conn = None
         self._stopped.set()
         self._monitor_wake.set()
         self._quietly(lambda: registry.unregister(self.client, self.name))

@@ -94,14 +94,21 @@ local function claim(P, worker, lease, n, pools, now)
   local started = fmt_time(now)
   for _ = 1, n do
     local best_pool, best_id, best_score = nil, nil, nil
-    for _, pool in ipairs(pools) do
-      local head = redis.call('ZRANGE', P .. 'ready:' .. pool, 0, 0, 'WITHSCORES')
-      if head[1] then
-        local score = tonumber(head[2])
-        if best_id == nil or score < best_score or (score == best_score and head[1] < best_id) then
-          best_pool, best_id, best_score = pool, head[1], score
+    if #pools == 1 then
+      -- One pool: its head is the best, popped in the same call.
+      local head = redis.call('ZPOPMIN', P .. 'ready:' .. pools[1])
+      if head[1] then best_id = head[1] end
+    else
+      for _, pool in ipairs(pools) do
+        local head = redis.call('ZRANGE', P .. 'ready:' .. pool, 0, 0, 'WITHSCORES')
+        if head[1] then
+          local score = tonumber(head[2])
+          if best_id == nil or score < best_score or (score == best_score and head[1] < best_id) then
+            best_pool, best_id, best_score = pool, head[1], score
+          end
         end
       end
+      if best_id ~= nil then redis.call('ZREM', P .. 'ready:' .. best_pool, best_id) end
     end
     if best_id == nil then
       -- No lost wake-ups: with nothing ready in any served pool, stale tokens go, atomically,
@@ -111,7 +118,6 @@ local function claim(P, worker, lease, n, pools, now)
       end
       break
     end
-    redis.call('ZREM', P .. 'ready:' .. best_pool, best_id)
     local jk = P .. 'job:' .. best_id
     local f = redis.call('HMGET', jk, 'target', 'params', 'timeout', 'attempts', 'claims')
     local attempts = tostring((tonumber(f[4]) or 0) + 1)
