@@ -259,9 +259,14 @@ def status(queue: QueueOpt = None, json_: JsonOpt = False) -> None:
 
 
 def _jobs_table(jobs: Sequence[dict[str, Any]], title: str) -> Table:
-    table = Table(
-        "id", "status", "target", "params", "pool", "prio", "att", "created", "error", title=title
-    )
+    table = Table(title=title)
+    for name in ("id", "status"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("target", overflow="fold")
+    table.add_column("params", overflow="fold")
+    for name in ("pool", "prio", "att", "created"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("error", overflow="fold")
     for j in jobs:
         table.add_row(
             j["id"],
@@ -271,7 +276,7 @@ def _jobs_table(jobs: Sequence[dict[str, Any]], title: str) -> Table:
             j["pool"],
             str(j["priority"]),
             str(j["attempts"]),
-            fmt_time(j["created_at"]),
+            time.strftime("%H:%M:%S", time.localtime(j["created_at"])) if j["created_at"] else "-",
             short(j["error"] or "", 40),
         )
     return table

@@ -466,7 +466,7 @@ class Worker:
             "started_at": self.started_at,
             "heartbeat": time.time(),
         }
-        registry.register(self.client, info, self.lease * 3)
+        registry.register(self.client, info, self.lease)
 
     # -- stopping ----------------------------------------------------------------------
 
