@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -155,10 +155,11 @@ def _report(
     startup: float,
 ) -> int:
     table = Table(title="the sweep", title_justify="left")
-    for column in ("lr", "batch", "seed", "status", "attempts"):
-        table.add_column(column, justify="right" if column != "status" else "left")
-    table.add_column("accuracy / error", no_wrap=True, overflow="ellipsis", max_width=48)
-    table.add_column("flow run")
+    for column in ("lr", "batch", "seed", "status", "tries"):
+        justify: Literal["left", "right"] = "right" if column != "status" else "left"
+        table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
+    table.add_column("accuracy / error", overflow="fold", ratio=1)
+    table.add_column("flow run", no_wrap=True, min_width=8)
 
     def accuracy(r: dict[str, Any]) -> float:
         result = r.get("result")
