@@ -473,7 +473,9 @@ class Worker:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals += 1
         if self._signals == 1:
-            self.stop()
+            # Not stop() here: a handler runs in the main thread, which may hold the very
+            # locks stop() takes (a non-reentrant lock would deadlock). A thread may wait.
+            threading.Thread(target=self.stop, name="fifoflow-stop", daemon=True).start()
             return
         # Second signal: leave now. The leases of running jobs bring them back in line.
         log.warning("worker %s: second signal, exiting at once", self.name)
