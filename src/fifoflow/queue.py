@@ -371,6 +371,15 @@ class Queue:
         self, worker: str, n: int, pools: Sequence[str], lease: float
     ) -> tuple[float, list[Claimed]]:
         reply = scripts.call(self.client, "claim", self._prefix, worker, repr(lease), n, *pools)
+        return self.parse_claim(reply)
+
+    def claim_command(
+        self, worker: str, n: int, pools: Sequence[str], lease: float
+    ) -> tuple[Any, ...]:
+        """The raw EVALSHA of a claim, for a caller that pipelines it behind a BLPOP."""
+        return ("EVALSHA", scripts.sha("claim"), 1, self._prefix, worker, repr(lease), n, *pools)
+
+    def parse_claim(self, reply: Sequence[str]) -> tuple[float, list[Claimed]]:
         return float(reply[0]), _parse_claimed(self.name, reply[1:])
 
     def complete(

@@ -194,14 +194,18 @@ class Worker:
                 raise
 
     def _dispatch_loop(self, burst: bool) -> None:
+        woken_with: list[Claimed] = []  # claimed in the same round trip as the wake-up
         while not self._stopping.is_set():
             with self._idle_changed:
                 while self._idle == 0 and not self._stopping.is_set():
                     self._idle_changed.wait()
                 want = self._idle
             if self._stopping.is_set():
+                self._quietly(functools.partial(self.queues[0].release, woken_with))
                 break
-            got: list[Claimed] = []
+            # Slots only ever become idle while the dispatcher blocks, so the jobs claimed
+            # then still fit.
+            got, woken_with = woken_with, []
             soonest = MAX_BLOCK
             for q in self.queues:
                 if len(got) >= want:
@@ -221,20 +225,37 @@ class Worker:
                 if burst and self._retrying(self._drained):
                     log.info("worker %s: queues drained, leaving (burst)", self.name)
                     break
-                self._block(min(soonest, 1.0) if burst else soonest)
+                woken_with = self._block(min(soonest, 1.0) if burst else soonest, want - len(got))
 
-    def _block(self, timeout: float) -> None:
-        """Wait for a wake token; CLIENT UNBLOCK ends it early (it returns None then)."""
+    def _block(self, timeout: float, n: int) -> list[Claimed]:
+        """Wait for a wake token, with a claim of up to ``n`` jobs of the first queue
+        pipelined behind the BLPOP: the server runs the claim the moment the wait ends, so a
+        push reaches an idle slot in one server hop instead of two. CLIENT UNBLOCK ends the
+        wait early (on stop); whatever the claim took then goes straight back."""
         timeout = max(timeout, 0.001)
+        q = self.queues[0]
+        conn = self._blocking.connection
+        assert conn is not None
+        claimed: list[Claimed] = []
         try:
             self._blocked = True
-            self._blocking.blpop(self._wake_keys, timeout=timeout)
+            wait = ("BLPOP", *self._wake_keys, timeout)
+            claim = q.claim_command(self.name, n, self.pools, self.lease)
+            conn.send_packed_command(conn.pack_commands([wait, claim]))  # type: ignore[no-untyped-call]
+            conn.read_response()
+            # On NOSCRIPT nothing was claimed; the next claim through the pool loads it.
+            with contextlib.suppress(redis.exceptions.NoScriptError):
+                claimed = q.parse_claim(conn.read_response())[1]
         except (redis.ConnectionError, redis.TimeoutError) as e:
             if not self._stopping.is_set():
                 log.warning("worker %s: server unreachable (%s); retrying", self.name, one_line(e))
                 self._stopping.wait(0.5)
         finally:
             self._blocked = False
+        if claimed and self._stopping.is_set():
+            self._quietly(functools.partial(q.release, claimed))
+            return []
+        return claimed
 
     def _blocking_reconnected(self, conn: Any) -> None:
         conn.send_command("CLIENT", "ID")
