@@ -7,8 +7,9 @@ Threads, and who talks to the server:
   slot costs one round trip per job.
 * **the dispatcher** (the thread that called ``run``) hands jobs to idle slots. When
   nothing is due it blocks in ``BLPOP`` on the queues' wake lists, which every push feeds,
-  with a timeout no longer than the time to the next delayed job or lease expiry; it is
-  woken at once by a push, and by ``CLIENT UNBLOCK`` on shutdown.
+  with a timeout no longer than the time to the next delayed job or lease expiry, and a
+  claim pipelined behind it; it is woken at once by a push, and by ``CLIENT UNBLOCK`` on
+  shutdown.
 * **the monitor** renews leases (heartbeat), refreshes the registry, and fails jobs that
   overran their timeout (a thread cannot be killed: the overrunning thread is abandoned,
   its eventual result discarded, and a fresh slot thread takes its place, so the worker
