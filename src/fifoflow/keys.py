@@ -19,8 +19,6 @@ QUEUES = "ff:queues"
 #: Sorted set of live worker names, scored by their last heartbeat.
 WORKERS = "ff:workers"
 
-FINISHED_STATUSES = ("succeeded", "dead", "cancelled")
-
 
 def valid_name(name: str) -> bool:
     return bool(NAME_RE.match(name))
