@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 import fifoflow
 from conftest import RedisServer
 from fifoflow import ConnectionFailed, JobNotFound, Queue, QueueFull, UsageError, Worker
-from fifoflow.queue import TARGET_RE, known_queues
+from fifoflow.validation import TARGET_RE
+from qops import claim, complete
 
 T = "fftest_targets:add"
 MiB = 1024 * 1024
@@ -35,7 +36,7 @@ CLI = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def snapshot(q: Queue) -> tuple[dict[str, int], list[str], list[str]]:
-    return q.stats(), q.job_ids(), known_queues(q.client)
+    return q.stats(), q.job_ids(), q.broker.queues()
 
 
 def assert_one_line_error(
@@ -209,8 +210,8 @@ def test_cli_full_queue_exit_1(vqueue: Queue, cli: CLI, tmp_path: Path) -> None:
 
 def test_cli_operations_that_fail_exit_1(vqueue: Queue, cli: CLI) -> None:
     job = vqueue.push(T, {"x": 1})
-    _, claimed = vqueue.claim("w", 1, ["default"], 30)
-    vqueue.complete(claimed[0], "ok", "1")
+    _, claimed = claim(vqueue, "w", 1, ["default"], 30)
+    complete(vqueue, claimed[0], "ok", "1")
     before = snapshot(vqueue)
     assert_one_line_error(cli("cancel", job.id), 1, "is succeeded")
     assert_one_line_error(cli("dlq", "requeue", job.id), 2, "not dead")
@@ -313,8 +314,8 @@ API_CASES = [
     pytest.param(lambda q: q.job("nope"), JobNotFound, "nope", id="job-unknown"),
     pytest.param(lambda q: q.cancel("nope"), JobNotFound, "nope", id="cancel-unknown"),
     pytest.param(lambda q: q.jobs("bogus"), UsageError, "unknown status", id="jobs-bad-status"),
-    pytest.param(lambda q: Queue("q✓", client=q.client), UsageError, "queue name", id="queue-unicode"),
-    pytest.param(lambda q: Queue("a b", client=q.client), UsageError, "queue name", id="queue-space"),
+    pytest.param(lambda q: Queue("q✓", broker=q.broker), UsageError, "queue name", id="queue-unicode"),
+    pytest.param(lambda q: Queue("a b", broker=q.broker), UsageError, "queue name", id="queue-space"),
     pytest.param(lambda q: Queue("x", url="redis://127.0.0.1:1"), ConnectionFailed, "cannot reach", id="url-unreachable"),
     pytest.param(lambda q: Queue("x", url="http://x"), ConnectionFailed, "invalid server URL", id="url-http"),
     pytest.param(lambda q: Queue("x", url="redis://:notaport"), ConnectionFailed, "invalid server URL", id="url-bad-port"),
@@ -361,8 +362,8 @@ def test_api_full_queue_adds_nothing(vqueue: Queue) -> None:
 
 def test_api_requeue_unknown_ids_changes_nothing(vqueue: Queue) -> None:
     dead = vqueue.push("fftest_targets:boom", retries=0)
-    _, claimed = vqueue.claim("w", 1, ["default"], 30)
-    vqueue.complete(claimed[0], "fail", "ValueError: boom")
+    _, claimed = claim(vqueue, "w", 1, ["default"], 30)
+    complete(vqueue, claimed[0], "fail", "ValueError: boom")
     assert dead.status == "dead"
     before = snapshot(vqueue)
     assert vqueue.requeue(["nope", "*", ""]) == []

@@ -162,7 +162,7 @@ def run_chaos(plan: Plan, srv: EmbeddedServer, procs: Processes, folder: Path) -
 
     def succeeded() -> int:
         with contextlib.suppress(redis.RedisError):
-            return int(q.client.zcard(keys.zset(qname, "succeeded")))
+            return int(q.client.zcard(keys.queue_key(qname, keys.Key.SUCCEEDED)))
         return -1
 
     next_kill = time.monotonic() + plan.kill_every * rng.uniform(0.7, 1.3)
@@ -211,7 +211,7 @@ def analyse(run: Run, cli: CLI) -> dict[str, Any]:
     assert not wrong_result, f"jobs with a wrong result: {wrong_result[:20]}"
 
     # -- succeeded exactly once ---------------------------------------------------------
-    assert int(q.client.zcard(keys.zset(q.name, "succeeded"))) == plan.jobs
+    assert int(q.client.zcard(keys.queue_key(q.name, keys.Key.SUCCEEDED))) == plan.jobs
     counters_off = [
         n
         for n, r in enumerate(raw)

@@ -21,6 +21,7 @@ import redis
 
 from conftest import EmbeddedServer
 from fifoflow import Queue, server
+from qops import claim, complete
 
 CLI = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -60,9 +61,9 @@ def test_always_keeps_every_acknowledged_write_across_sigkill(
     q = Queue(qname, url=always.url)
     # some finished work (results are acknowledged writes too) ...
     done = q.push_many("fftest_targets:add", [{"x": i} for i in range(20)])
-    _, claimed = q.claim("w", 20, ["default"], 30)
+    _, claimed = claim(q, "w", 20, ["default"], 30)
     for c in claimed:
-        assert q.complete(c, "ok", json.dumps(json.loads(c.params)["x"])).outcome == "succeeded"
+        assert complete(q, c, "ok", json.dumps(json.loads(c.params)["x"])).outcome == "succeeded"
     # ... then one acknowledged push after another, and a batch, right up to the kill
     pushed = [q.push("fftest_targets:add", {"x": i, "s": "é" * i}).id for i in range(300)]
     pushed += [j.id for j in q.push_many("fftest_targets:add", [{"x": i} for i in range(200)])]

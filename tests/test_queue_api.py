@@ -12,6 +12,7 @@ import pytest
 
 from fifoflow import JobFailed, JobNotFound, Queue, UsageError
 from fifoflow.settings import Settings
+from qops import claim, complete
 
 T = "fftest_targets:add"
 FIELDS = {
@@ -195,11 +196,11 @@ def test_stats_counts_every_status(any_url: str, qname: str) -> None:
         q.push_many(T, [{}] * 6)
         q.push(T, pool="other")
         q.push(T, delay=60)
-        _, claimed = q.claim("w", 5, ["default"], 30)
-        q.complete(claimed[0], "ok", "1")
-        q.complete(claimed[1], "ok", "2")
-        q.complete(claimed[2], "dead", "E: x")
-        q.complete(claimed[3], "fail", "E: y")  # waiting for a retry: delayed
+        _, claimed = claim(q, "w", 5, ["default"], 30)
+        complete(q, claimed[0], "ok", "1")
+        complete(q, claimed[1], "ok", "2")
+        complete(q, claimed[2], "dead", "E: x")
+        complete(q, claimed[3], "fail", "E: y")  # waiting for a retry: delayed
         q.cancel(q.job_ids("queued")[0])
         assert q.stats() == {
             "queued": 1, "delayed": 2, "running": 1, "succeeded": 2, "dead": 1, "cancelled": 1,
@@ -215,8 +216,8 @@ def test_stats_counts_every_status(any_url: str, qname: str) -> None:
 
 def test_result_returns_the_value(queue: Queue) -> None:
     job = queue.push(T, {"x": 1})
-    _, [c] = queue.claim("w", 1, ["default"], 30)
-    queue.complete(c, "ok", '{"sum": [1, 2], "none": null}')
+    _, [c] = claim(queue, "w", 1, ["default"], 30)
+    complete(queue, c, "ok", '{"sum": [1, 2], "none": null}')
     assert job.result(timeout=1) == {"sum": [1, 2], "none": None}
     assert job.result() == {"sum": [1, 2], "none": None}
 
@@ -226,8 +227,8 @@ def test_result_waits_for_the_job(queue: Queue) -> None:
 
     def work() -> None:
         time.sleep(0.15)
-        _, [c] = queue.claim("w", 1, ["default"], 30)
-        queue.complete(c, "ok", "42")
+        _, [c] = claim(queue, "w", 1, ["default"], 30)
+        complete(queue, c, "ok", "42")
 
     t = threading.Thread(target=work)
     t.start()
@@ -241,8 +242,8 @@ def test_result_waits_for_the_job(queue: Queue) -> None:
 
 def test_result_raises_job_failed_when_dead(queue: Queue) -> None:
     job = queue.push(T, retries=0)
-    _, [c] = queue.claim("w", 1, ["default"], 30)
-    queue.complete(c, "fail", "ZeroDivisionError: division by zero")
+    _, [c] = claim(queue, "w", 1, ["default"], 30)
+    complete(queue, c, "fail", "ZeroDivisionError: division by zero")
     with pytest.raises(JobFailed) as info:
         job.result(timeout=1)
     assert info.value.job_id == job.id
@@ -258,15 +259,15 @@ def test_result_times_out(queue: Queue) -> None:
     assert 0.15 < time.monotonic() - start < 1.5
     with pytest.raises(TimeoutError):
         job.result(timeout=0)
-    queue.claim("w", 1, ["default"], 30)
+    claim(queue, "w", 1, ["default"], 30)
     with pytest.raises(TimeoutError, match="running"):
         job.result(timeout=0.05)
 
 
 def test_result_of_null(queue: Queue) -> None:
     job = queue.push(T)
-    _, [c] = queue.claim("w", 1, ["default"], 30)
-    queue.complete(c, "ok", "null")
+    _, [c] = claim(queue, "w", 1, ["default"], 30)
+    complete(queue, c, "ok", "null")
     assert job.result(timeout=1) is None
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from fifoflow import Queue, QueueFull
 from fifoflow.settings import Settings
+from qops import claim, complete
 
 T = "fftest_targets:add"
 
@@ -32,7 +33,7 @@ def test_key_returns_the_delayed_job(queue: Queue) -> None:
 
 def test_key_returns_the_running_job(queue: Queue) -> None:
     first = queue.push(T, key="k")
-    queue.claim("w", 1, ["default"], 30)
+    claim(queue, "w", 1, ["default"], 30)
     assert queue.push(T, key="k").id == first.id
     assert queue.stats()["queued"] == 0
 
@@ -41,8 +42,8 @@ def test_key_returns_the_job_waiting_for_a_retry(any_url: str, qname: str) -> No
     q = Queue(qname, url=any_url, settings=Settings(retry_base_seconds=60))
     try:
         first = q.push(T, key="k")
-        _, [c] = q.claim("w", 1, ["default"], 30)
-        assert q.complete(c, "fail", "E: x").outcome == "retry"
+        _, [c] = claim(q, "w", 1, ["default"], 30)
+        assert complete(q, c, "fail", "E: x").outcome == "retry"
         assert q.push(T, key="k").id == first.id
     finally:
         q.close()
@@ -54,8 +55,8 @@ def test_key_after_the_job_finished_makes_a_new_job(queue: Queue, ending: str) -
     if ending == "cancelled":
         assert queue.cancel(first.id)
     else:
-        _, [c] = queue.claim("w", 1, ["default"], 30)
-        queue.complete(c, "ok" if ending == "succeeded" else "fail", "1")
+        _, [c] = claim(queue, "w", 1, ["default"], 30)
+        complete(queue, c, "ok" if ending == "succeeded" else "fail", "1")
     assert first.status == ending
     second = queue.push(T, key="k")
     assert second.id != first.id
@@ -95,7 +96,7 @@ def test_max_length_refuses_pushes_past_it(queue: Queue) -> None:
     assert (info.value.pending, info.value.max_length, info.value.queue) == (3, 3, queue.name)
     assert "full" in str(info.value)
     assert queue.stats()["queued"] == 3
-    queue.claim("w", 1, ["default"], 30)  # running jobs no longer wait in line
+    claim(queue, "w", 1, ["default"], 30)  # running jobs no longer wait in line
     queue.push(T)
     with pytest.raises(QueueFull):
         queue.push(T)
@@ -125,8 +126,8 @@ def test_delayed_and_retrying_jobs_count_towards_max_length(any_url: str, qname:
             q.push(T)
         q.set_max_length(3)
         q.push(T)
-        _, [c] = q.claim("w", 1, ["default"], 30)
-        q.complete(c, "fail", "E: x")  # waiting for a retry: still waiting
+        _, [c] = claim(q, "w", 1, ["default"], 30)
+        complete(q, c, "fail", "E: x")  # waiting for a retry: still waiting
         with pytest.raises(QueueFull):
             q.push(T)
     finally:

@@ -10,6 +10,7 @@ import pytest
 
 from fifoflow import JobFailed, JobNotFound, Queue
 from fifoflow.settings import Settings
+from qops import claim, complete
 
 T = "fftest_targets:boom"
 
@@ -25,12 +26,12 @@ def fq(any_url: str, qname: str) -> Iterator[Queue]:
 def kill(q: Queue, job_id: str) -> None:
     """Fail the job's attempts until it is dead (it must be next in line)."""
     for _ in range(20):
-        _, claimed = q.claim("w", 1, ["default"], 30)
+        _, claimed = claim(q, "w", 1, ["default"], 30)
         if not claimed:
             time.sleep(0.01)
             continue
         assert claimed[0].id == job_id
-        if q.complete(claimed[0], "fail", "ValueError: boom", traceback="tb").outcome == "dead":
+        if complete(q, claimed[0], "fail", "ValueError: boom", traceback="tb").outcome == "dead":
             return
     raise AssertionError("job did not die")
 
@@ -42,7 +43,7 @@ def test_cancel_a_queued_job(fq: Queue) -> None:
     rec = job.to_dict()
     assert rec["status"] == "cancelled"
     assert rec["finished_at"] is not None
-    _, claimed = fq.claim("w", 5, ["default"], 30)
+    _, claimed = claim(fq, "w", 5, ["default"], 30)
     assert [c.id for c in claimed] == [other.id]
     stats = fq.stats()
     assert (stats["cancelled"], stats["queued"]) == (1, 0)
@@ -64,7 +65,7 @@ def test_cancel_a_delayed_job(fq: Queue) -> None:
     job = fq.push(T, delay=0.05)
     assert fq.cancel(job.id)
     time.sleep(0.08)
-    assert fq.claim("w", 1, ["default"], 30)[1] == []
+    assert claim(fq, "w", 1, ["default"], 30)[1] == []
     assert job.status == "cancelled"
     assert fq.stats()["delayed"] == 0
 
@@ -73,11 +74,11 @@ def test_cancel_a_job_waiting_for_a_retry(any_url: str, qname: str) -> None:
     q = Queue(qname, url=any_url, settings=Settings(retry_base_seconds=60))
     try:
         job = q.push(T)
-        _, [c] = q.claim("w", 1, ["default"], 30)
-        q.complete(c, "fail", "E: x")
+        _, [c] = claim(q, "w", 1, ["default"], 30)
+        complete(q, c, "fail", "E: x")
         assert job.status == "delayed"
         assert q.cancel(job.id)
-        assert q.retrying() == 0
+        assert q.stats()["delayed"] == 0
         assert job.status == "cancelled"
     finally:
         q.close()
@@ -85,10 +86,10 @@ def test_cancel_a_job_waiting_for_a_retry(any_url: str, qname: str) -> None:
 
 def test_a_running_job_cannot_be_cancelled(fq: Queue) -> None:
     job = fq.push(T)
-    _, [c] = fq.claim("w", 1, ["default"], 30)
+    _, [c] = claim(fq, "w", 1, ["default"], 30)
     assert fq.cancel(job.id) is False
     assert job.status == "running"
-    assert fq.complete(c, "ok", "1").outcome == "succeeded"
+    assert complete(fq, c, "ok", "1").outcome == "succeeded"
     assert fq.cancel(job.id) is False
     assert job.status == "succeeded"
 
@@ -129,10 +130,10 @@ def test_requeue_gives_fresh_retries_at_the_original_place(fq: Queue) -> None:
     assert (rec["status"], rec["finished_at"], rec["worker"]) == ("queued", None, None)
     assert fq.stats()["dead"] == 0
     assert fq.push(T, key="ka").id == a.id  # its key is live again
-    _, claimed = fq.claim("w", 3, ["default"], 30)
+    _, claimed = claim(fq, "w", 3, ["default"], 30)
     assert [x.id for x in claimed] == [a.id, b.id, c.id]
     # fresh retries: one more failure is a retry again, not death
-    assert fq.complete(claimed[0], "fail", "E: again").outcome == "retry"
+    assert complete(fq, claimed[0], "fail", "E: again").outcome == "retry"
     kill(fq, a.id)
     assert a.status == "dead"
 
@@ -155,8 +156,8 @@ def test_purge_dead(fq: Queue) -> None:
     for j in jobs:
         kill(fq, j.id)
     ok = fq.push("fftest_targets:add")
-    _, [c] = fq.claim("w", 1, ["default"], 30)
-    fq.complete(c, "ok", "1")
+    _, [c] = claim(fq, "w", 1, ["default"], 30)
+    complete(fq, c, "ok", "1")
     assert fq.purge_dead() == 3
     assert fq.dead_letters() == []
     assert fq.record(jobs[0].id) is None

@@ -8,14 +8,15 @@ import time
 
 import pytest
 
-from fifoflow import Queue
+from fifoflow import Queue, keys
+from qops import claim
 
 T = "fftest_targets:add"
 W = "w1"
 
 
 def claim_ids(q: Queue, n: int, pools: list[str] | None = None, worker: str = W) -> list[str]:
-    _, claimed = q.claim(worker, n, pools or ["default"], 30)
+    _, claimed = claim(q, worker, n, pools or ["default"], 30)
     return [c.id for c in claimed]
 
 
@@ -97,7 +98,7 @@ def test_multi_pool_claim_includes_missing_pool(queue: Queue) -> None:
 
 def test_claimed_job_carries_what_a_worker_needs(queue: Queue) -> None:
     job = queue.push(T, {"x": 1, "y": 2}, timeout=2.5)
-    _, [c] = queue.claim("w-7", 1, ["default"], 30)
+    _, [c] = claim(queue, "w-7", 1, ["default"], 30)
     assert (c.id, c.queue, c.target, c.attempts, c.timeout) == (job.id, queue.name, T, 1, 2.5)
     assert c.params == '{"x":1,"y":2}'
     assert c.token
@@ -125,7 +126,7 @@ def test_job_ids_sort_by_creation(queue: Queue) -> None:
 
 
 def test_ids_increase_across_batches(queue: Queue) -> None:
-    from fifoflow.queue import BATCH
+    from fifoflow.broker import BATCH
 
     jobs = queue.push_many(T, [{"x": i} for i in range(BATCH + 7)])
     ids = [j.id for j in jobs]
@@ -152,13 +153,13 @@ def test_push_wakes_a_blocked_worker(queue: Queue, any_url: str) -> None:
     """Greedy: an idle worker blocks on the wake list and a push wakes it at once."""
     queue.push(T)
     assert claim_ids(queue, 5)  # nothing ready now: the claim drops stale wake tokens
-    assert queue.client.llen(queue.wake_keys(["default"])[0]) == 0
+    assert queue.client.llen(keys.wake(queue.name, "default")) == 0
     woke: list[float] = []
 
     def block() -> None:
         client = Queue(queue.name, url=any_url).client
         try:
-            if client.blpop(queue.wake_keys(["default"]), timeout=10):
+            if client.blpop([keys.wake(queue.name, "default")], timeout=10):
                 woke.append(time.monotonic())
         finally:
             client.close()
@@ -175,4 +176,4 @@ def test_push_wakes_a_blocked_worker(queue: Queue, any_url: str) -> None:
 
 def test_wake_tokens_are_capped(queue: Queue) -> None:
     queue.push_many(T, [{}] * 1500)
-    assert 0 < queue.client.llen(queue.wake_keys(["default"])[0]) <= 1000
+    assert 0 < queue.client.llen(keys.wake(queue.name, "default")) <= 1000

@@ -17,11 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fifoflow import Queue
-from fifoflow.queue import Claimed
+from fifoflow.records import Claimed
 from fifoflow.settings import Settings
+from qops import claim, complete, maintain, release
 
 T = "fftest_targets:noop"
 POOLS = ("a", "b")
+MAX_LOST = 2
 
 
 @dataclass
@@ -35,6 +37,8 @@ class MJob:
     failures: int = 0
     token: str | None = None
     doomed: bool = False  # claimed with a 0 s lease: reaped by the next housekeeping
+    lost: int = 0  # leases lost; past MAX_LOST the job is dead (a poison job)
+    done: tuple[str, str] | None = None  # (token, outcome) of the last report
 
 
 @dataclass
@@ -54,7 +58,9 @@ class Model:
         reaped = 0
         for j in self.jobs.values():
             if j.status == "running" and j.doomed:
-                j.status, j.token, j.doomed = "queued", None, False
+                j.lost += 1
+                j.status = "dead" if j.lost > MAX_LOST else "queued"
+                j.token, j.doomed = None, False
                 reaped += 1
         return promoted, reaped
 
@@ -120,7 +126,7 @@ def test_queue_matches_model(any_url: str, ops: list[tuple]) -> None:  # type: i
             elif kind == "claim":
                 _, n, pools, doomed = op
                 expected = model.claim(n, pools)
-                _, claimed = q.claim("w", n, pools, 0.0 if doomed else 60.0)
+                _, claimed = claim(q, "w", n, pools, 0.0 if doomed else 60.0)
                 assert [c.id for c in claimed] == expected
                 for c in claimed:
                     j = model.jobs[c.id]
@@ -129,21 +135,25 @@ def test_queue_matches_model(any_url: str, ops: list[tuple]) -> None:  # type: i
                     assert c.attempts == j.attempts
                     held.append(c)
             elif kind == "maintain":
-                promoted, reaped, trimmed = q.maintain()
+                promoted, reaped, trimmed = maintain(q)
                 assert (promoted, reaped, trimmed) == (*model.housekeep(), 0)
             elif held:
                 c = held[op[1] % len(held)]
                 j = model.current(c)
                 if kind == "release":
-                    assert q.release([c]) == (1 if j else 0)
+                    assert release(q, [c]) == (1 if j else 0)
                     if j:
                         j.status, j.token, j.doomed = "queued", None, False
                         j.attempts -= 1
                     continue
-                outcome = q.complete(c, "ok" if kind == "ack" else "fail", "null").outcome
+                outcome = complete(q, c, "ok" if kind == "ack" else "fail", "null").outcome
+                done = model.jobs[c.id].done
                 if j is None:
-                    assert outcome == "stale"
-                elif kind == "ack":
+                    # A report re-sent with the token of the last report gets its outcome
+                    # again (a lost reply); any other token is stale. Nothing changes.
+                    assert outcome == (done[1] if done and done[0] == c.token else "stale")
+                    continue
+                if kind == "ack":
                     assert outcome == "succeeded"
                     j.status, j.token = "succeeded", None
                 else:
@@ -156,6 +166,7 @@ def test_queue_matches_model(any_url: str, ops: list[tuple]) -> None:  # type: i
                     else:
                         assert outcome == "dead"
                         j.status = "dead"
+                j.done = (c.token, outcome)
 
         # Nothing lost, nothing duplicated: every job is in exactly one status set, the
         # one the model says, and its record agrees.
@@ -180,7 +191,7 @@ def test_queue_matches_model(any_url: str, ops: list[tuple]) -> None:  # type: i
         expected_rest = model.claim(len(pushed) + 1, list(POOLS))
         got: list[str] = []
         while True:
-            _, claimed = q.claim("drain", 1, list(POOLS), 60.0)
+            _, claimed = claim(q, "drain", 1, list(POOLS), 60.0)
             if not claimed:
                 break
             got.append(claimed[0].id)

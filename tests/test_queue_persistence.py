@@ -9,6 +9,7 @@ from typing import Any
 from conftest import EmbeddedServer
 from fifoflow import Queue
 from fifoflow.settings import Settings
+from qops import claim, complete, maintain
 
 T = "fftest_targets:add"
 
@@ -27,9 +28,9 @@ def populate(q: Queue) -> dict[str, str]:
     ids["cancelled"] = q.push(T, {"x": 4}).id
     ids["queued_a"] = q.push(T, {"x": 6}, pool="a").id
     ids["delayed"] = q.push(T, {"x": 7}, delay=300).id
-    _, [ok, dead, running] = q.claim("w", 3, ["default"], 300)
-    q.complete(ok, "ok", '{"answer": 42}')
-    q.complete(dead, "fail", "ValueError: no", traceback="Traceback...\nValueError: no\n")
+    _, [ok, dead, running] = claim(q, "w", 3, ["default"], 300)
+    complete(q, ok, "ok", '{"answer": 42}')
+    complete(q, dead, "fail", "ValueError: no", traceback="Traceback...\nValueError: no\n")
     q.cancel(ids["cancelled"])
     ids["queued_hi"] = q.push(T, {"x": 5}, priority=2, key="hi").id
     ids["queued_lo"] = q.push(T, {"x": 8}).id
@@ -54,10 +55,10 @@ def test_jobs_and_results_survive_a_restart(valkey: EmbeddedServer, qname: str) 
         assert q.push(T, key="hi").id == ids["queued_hi"]
         newer = fresh.push(T, {"x": 9}).id
         assert newer > max(ids.values())
-        _, claimed = q.claim("w2", 10, ["default", "a"], 30)
+        _, claimed = claim(q, "w2", 10, ["default", "a"], 30)
         order = [ids["queued_hi"], ids["queued_a"], ids["queued_lo"], newer]
         assert [c.id for c in claimed] == order
-        assert fresh.complete(claimed[0], "ok", "5").outcome == "succeeded"
+        assert complete(fresh, claimed[0], "ok", "5").outcome == "succeeded"
         assert len(q.push_many(T, [{}] * 3)) == 3  # the pipelined path too
     finally:
         q.close()
@@ -73,14 +74,14 @@ def test_jobs_survive_a_crash(valkey: EmbeddedServer, qname: str) -> None:
     try:
         q.client.config_set("appendfsync", "always")  # until the restart reads the config file
         jobs = q.push_many(T, [{"x": i} for i in range(100)])
-        _, [c] = q.claim("w", 1, ["default"], 300)
-        q.complete(c, "ok", "7")
+        _, [c] = claim(q, "w", 1, ["default"], 300)
+        complete(q, c, "ok", "7")
         valkey.kill()
         valkey.restart()
         assert q.client.config_get("appendfsync")["appendfsync"] == "everysec"
         assert q.stats()["queued"] == 99
         assert q.job(jobs[0].id).result(timeout=0) == 7
-        _, claimed = q.claim("w", 100, ["default"], 30)
+        _, claimed = claim(q, "w", 100, ["default"], 30)
         assert [x.id for x in claimed] == [j.id for j in jobs[1:]]
     finally:
         q.close()
@@ -98,9 +99,9 @@ def test_finished_records_expire_after_ttl(any_url: str, qname: str) -> None:
     q = Queue(qname, url=any_url, settings=Settings(result_ttl_seconds=1))
     try:
         done, dead, cancelled, waiting = (q.push(T, {"x": i}, retries=0) for i in range(4))
-        _, [a, b] = q.claim("w", 2, ["default"], 30)
-        q.complete(a, "ok", "1")
-        q.complete(b, "fail", "E: x")
+        _, [a, b] = claim(q, "w", 2, ["default"], 30)
+        complete(q, a, "ok", "1")
+        complete(q, b, "fail", "E: x")
         q.cancel(cancelled.id)
         assert q.stats() | {"succeeded": 1, "dead": 1, "cancelled": 1, "queued": 1} == q.stats()
         time.sleep(1.15)
@@ -118,19 +119,19 @@ def test_maintain_reports_trimmed(any_url: str, qname: str) -> None:
     q = Queue(qname, url=any_url, settings=Settings(result_ttl_seconds=1))
     try:
         q.push_many(T, [{}] * 3)
-        _, claimed = q.claim("w", 3, ["default"], 30)
+        _, claimed = claim(q, "w", 3, ["default"], 30)
         for c in claimed:
-            q.complete(c, "ok", "null")
-        assert q.maintain() == (0, 0, 0)
+            complete(q, c, "ok", "null")
+        assert maintain(q) == (0, 0, 0)
         time.sleep(1.1)
-        assert q.maintain() == (0, 0, 3)
+        assert maintain(q) == (0, 0, 3)
     finally:
         q.close()
 
 
 def test_long_ttl_keeps_records(queue: Queue) -> None:
     job = queue.push(T)
-    _, [c] = queue.claim("w", 1, ["default"], 30)
-    queue.complete(c, "ok", "1")
+    _, [c] = claim(queue, "w", 1, ["default"], 30)
+    complete(queue, c, "ok", "1")
     ttl = queue.client.ttl(f"ff:{{{queue.name}}}:job:{job.id}")
     assert 7 * 24 * 3600 - 5 < ttl <= 7 * 24 * 3600

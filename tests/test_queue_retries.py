@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from fifoflow import Queue
-from fifoflow.queue import Claimed
+from fifoflow.records import Claimed
 from fifoflow.settings import Settings
+from qops import claim, complete, maintain
 
 T = "fftest_targets:boom"
 W = "w1"
@@ -25,7 +26,7 @@ def fq(any_url: str, qname: str) -> Iterator[Queue]:
 
 
 def claim_one(q: Queue, worker: str = W, lease: float = 30) -> Claimed | None:
-    _, claimed = q.claim(worker, 1, ["default"], lease)
+    _, claimed = claim(q, worker, 1, ["default"], lease)
     return claimed[0] if claimed else None
 
 
@@ -44,7 +45,7 @@ def test_fail_retries_with_backoff_then_dead(fq: Queue) -> None:
     for attempt in (1, 2):
         c = wait_claim(fq)
         assert (c.id, c.attempts) == (job.id, attempt)
-        done = fq.complete(c, "fail", "ValueError: boom", traceback=TB)
+        done = complete(fq, c, "fail", "ValueError: boom", traceback=TB)
         assert done.outcome == "retry"
         rec = job.to_dict()
         assert rec["status"] == "delayed"
@@ -54,11 +55,11 @@ def test_fail_retries_with_backoff_then_dead(fq: Queue) -> None:
         # scheduled, next_event is exactly that delay (same server clock reading).
         full = 0.05 * 2 ** (attempt - 1)
         assert 0.5 * full - 1e-6 <= done.next_event <= full + 1e-6
-        assert fq.retrying() == 1
+        assert fq.stats()["delayed"] == 1
         assert fq.job_ids("delayed") == [job.id]
     c = wait_claim(fq)
     assert c.attempts == 3
-    done = fq.complete(c, "fail", "ValueError: boom", traceback=TB)
+    done = complete(fq, c, "fail", "ValueError: boom", traceback=TB)
     assert done.outcome == "dead"
     rec = job.to_dict()
     assert rec["status"] == "dead"
@@ -79,7 +80,7 @@ def test_retry_not_claimable_before_due(any_url: str, qname: str) -> None:
     q = Queue(qname, url=any_url, settings=Settings(retry_base_seconds=1.0))
     try:
         job = q.push(T)
-        done = q.complete(claim_one(q), "fail", "ValueError: x")  # type: ignore[arg-type]
+        done = complete(q, claim_one(q), "fail", "ValueError: x")  # type: ignore[arg-type]
         assert done.next_event >= 0.5
         due = job.to_dict()["due_at"]
         assert claim_one(q) is None
@@ -98,7 +99,7 @@ def test_backoff_is_capped(any_url: str, qname: str) -> None:
         waits = []
         for _ in range(4):
             c = wait_claim(q)
-            done = q.complete(c, "fail", "E: x")
+            done = complete(q, c, "fail", "E: x")
             assert done.outcome == "retry"
             waits.append(done.next_event)  # exactly the back-off: nothing else is scheduled
         assert job.to_dict()["attempts"] == 4
@@ -114,9 +115,9 @@ def test_jitter_spreads_retries(any_url: str, qname: str) -> None:
     q = Queue(qname, url=any_url, settings=Settings(retry_base_seconds=100.0))
     try:
         jobs = q.push_many(T, [{}] * 12)
-        _, claimed = q.claim(W, 12, ["default"], 30)
+        _, claimed = claim(q, W, 12, ["default"], 30)
         for c in claimed:
-            q.complete(c, "fail", "E: x")
+            complete(q, c, "fail", "E: x")
         dues = {round(j.to_dict()["due_at"], 3) for j in jobs}
         assert len(dues) > 1
     finally:
@@ -127,32 +128,32 @@ def test_retried_job_keeps_its_place(fq: Queue) -> None:
     a, b, c = (fq.push(T, {"n": i}).id for i in range(3))
     first = claim_one(fq)
     assert first is not None and first.id == a
-    fq.complete(first, "fail", "E: x")
+    complete(fq, first, "fail", "E: x")
     time.sleep(0.12)  # past the back-off: A is due again before anyone claims B
-    _, claimed = fq.claim(W, 3, ["default"], 30)
+    _, claimed = claim(fq, W, 3, ["default"], 30)
     assert [x.id for x in claimed] == [a, b, c]
 
 
 def test_outcome_dead_skips_remaining_retries(fq: Queue) -> None:
     job = fq.push(T, retries=3)
     c = claim_one(fq)
-    assert fq.complete(c, "dead", "TargetNotAllowed: no", traceback="tb").outcome == "dead"  # type: ignore[arg-type]
+    assert complete(fq, c, "dead", "TargetNotAllowed: no", traceback="tb").outcome == "dead"  # type: ignore[arg-type]
     assert job.status == "dead"
     assert fq.traceback(job.id) == "tb"
 
 
 def test_zero_retries_dies_on_first_failure(fq: Queue) -> None:
     job = fq.push(T, retries=0)
-    assert fq.complete(claim_one(fq), "fail", "E: x").outcome == "dead"  # type: ignore[arg-type]
+    assert complete(fq, claim_one(fq), "fail", "E: x").outcome == "dead"  # type: ignore[arg-type]
     assert job.to_dict()["attempts"] == 1
     assert job.status == "dead"
 
 
 def test_success_after_retry_clears_error(fq: Queue) -> None:
     job = fq.push("fftest_targets:flaky", {"marker": "/nonexistent"}, retries=1)
-    fq.complete(claim_one(fq), "fail", "RuntimeError: first attempt fails", traceback=TB)  # type: ignore[arg-type]
+    complete(fq, claim_one(fq), "fail", "RuntimeError: first attempt fails", traceback=TB)  # type: ignore[arg-type]
     c = wait_claim(fq)
-    assert fq.complete(c, "ok", '"ok"').outcome == "succeeded"
+    assert complete(fq, c, "ok", '"ok"').outcome == "succeeded"
     rec = job.to_dict()
     assert (rec["status"], rec["result"], rec["attempts"]) == ("succeeded", "ok", 2)
     assert rec["error"] is None
@@ -166,7 +167,7 @@ def test_delayed_job_not_claimable_before_due(queue: Queue) -> None:
     rec = job.to_dict()
     assert rec["status"] == "delayed"
     assert rec["due_at"] == pytest.approx(rec["created_at"] + 0.6, abs=0.01)
-    next_event, claimed = queue.claim(W, 5, ["default"], 30)
+    next_event, claimed = claim(queue, W, 5, ["default"], 30)
     assert [c.id for c in claimed] == [later.id]
     assert 0 < next_event <= 0.6  # the delayed job, not the 30 s lease, is due first
     assert claim_one(queue) is None
@@ -180,14 +181,14 @@ def test_due_delayed_job_takes_its_place_by_creation(queue: Queue) -> None:
     d = queue.push(T, delay=0.1).id
     a = queue.push(T).id
     time.sleep(0.15)
-    assert [c.id for c in queue.claim(W, 5, ["default"], 30)[1]] == [d, a]
+    assert [c.id for c in claim(queue, W, 5, ["default"], 30)[1]] == [d, a]
 
 
 def test_next_event_reports_soonest_due_job(queue: Queue) -> None:
-    assert queue.claim(W, 1, ["default"], 30)[0] == -1
+    assert claim(queue, W, 1, ["default"], 30)[0] == -1
     queue.push(T, delay=5)
     queue.push(T, delay=2)
-    next_event, claimed = queue.claim(W, 1, ["default"], 30)
+    next_event, claimed = claim(queue, W, 1, ["default"], 30)
     assert claimed == []
     assert 1.0 < next_event <= 2.0
 
@@ -202,5 +203,5 @@ def test_zero_delay_is_immediate(queue: Queue) -> None:
 def test_maintain_promotes_due_jobs(queue: Queue) -> None:
     job = queue.push(T, delay=0.05)
     time.sleep(0.08)
-    assert queue.maintain()[0] == 1
+    assert maintain(queue)[0] == 1
     assert job.status == "queued"

@@ -9,10 +9,13 @@ from .errors import (
     FifoflowError,
     JobFailed,
     JobNotFound,
+    NoRetry,
     QueueFull,
     ServerError,
+    ServerOutOfMemory,
     UsageError,
 )
+from .execution import current_job, no_retry
 from .queue import Job, Queue
 
 if TYPE_CHECKING:
@@ -26,11 +29,15 @@ __all__ = [
     "Job",
     "JobFailed",
     "JobNotFound",
+    "NoRetry",
     "Queue",
     "QueueFull",
     "ServerError",
+    "ServerOutOfMemory",
     "UsageError",
     "Worker",
+    "current_job",
+    "no_retry",
 ]
 
 

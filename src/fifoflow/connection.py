@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import redis
 
 from . import server
-from .errors import ConnectionFailed
+from .errors import ConnectionFailed, UsageError
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,18 @@ def redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> redis.Redis:
-    """A client with decoded responses; with ``check`` it pings first, so a bad URL or
-    password fails here in a few seconds with one clear line, not on first use."""
-    settings = get_settings()
+def connect(
+    url: str | None = None,
+    *,
+    check: bool = True,
+    settings: Settings | None = None,
+    **kwargs: Any,
+) -> redis.Redis:
+    """A client with decoded responses, an explicit socket timeout and TCP keepalive.
+
+    With ``check`` it pings first, so a bad URL or password fails here in a few seconds
+    with one clear line, not on first use, and it refuses a server that evicts keys."""
+    settings = settings or get_settings()
     url = resolve_url(url, settings)
     try:
         scheme = urlsplit(url).scheme
@@ -51,8 +59,11 @@ def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> red
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout,
         "health_check_interval": 30,
     }
+    if scheme != "unix":
+        options["socket_keepalive"] = True
     options.update(kwargs)
     try:
         client: redis.Redis = redis.Redis.from_url(url, **options)
@@ -60,6 +71,8 @@ def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> red
         raise ConnectionFailed(f"invalid server URL {redact(url)!r}: {e}") from None
     if check:
         ping(client, url)
+        if not settings.allow_eviction:
+            refuse_eviction(client, url)
     return client
 
 
@@ -75,3 +88,26 @@ def ping(client: redis.Redis, url: str) -> None:
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConnectionFailed(f"cannot reach the server at {redact(url)}: {msg}") from None
+
+
+def eviction_policy(client: redis.Redis) -> str | None:
+    """The server's ``maxmemory-policy`` (from ``INFO memory``, which managed servers that
+    refuse ``CONFIG`` still answer), or None if it does not say."""
+    try:
+        info = client.info("memory")
+    except redis.ResponseError:
+        return None
+    policy = info.get("maxmemory_policy")
+    return str(policy) if policy else None
+
+
+def refuse_eviction(client: redis.Redis, url: str) -> None:
+    """An evicting server drops job records and index entries silently under memory
+    pressure: acknowledged jobs would vanish. Refuse it, with one line."""
+    policy = eviction_policy(client)
+    if policy is not None and policy != "noeviction":
+        raise UsageError(
+            f"the server at {redact(url)} evicts keys (maxmemory-policy {policy}), which "
+            "loses jobs: set maxmemory-policy noeviction, or FIFOFLOW_ALLOW_EVICTION=1 to "
+            "accept that risk"
+        )

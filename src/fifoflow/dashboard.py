@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 
 from . import metrics
-from .connection import connect
+from .broker import Broker
 from .errors import FifoflowError
 from .queue import Queue
 
@@ -28,7 +28,7 @@ def page() -> str:
     return (resources.files("fifoflow") / "static" / "dashboard.html").read_text()
 
 
-def make_handler(client: redis.Redis) -> type[BaseHTTPRequestHandler]:
+def make_handler(broker: Broker) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("dashboard: " + format, *args)
@@ -49,15 +49,15 @@ def make_handler(client: redis.Redis) -> type[BaseHTTPRequestHandler]:
                 if url.path == "/":
                     self._send(200, page(), "text/html; charset=utf-8")
                 elif url.path == "/api/status":
-                    snap = metrics.snapshot(client)
+                    snap = metrics.snapshot(broker)
                     self._send(200, json.dumps(snap), "application/json")
                 elif url.path == "/api/jobs":
-                    q = Queue(args.get("queue") or None, client=client)
+                    q = Queue(args.get("queue") or None, broker=broker)
                     limit = int(args.get("limit", "100"))
                     jobs = q.jobs(args.get("status") or None)[-limit:]
                     self._send(200, json.dumps(jobs), "application/json")
                 elif url.path == "/metrics":
-                    body = metrics.render(metrics.snapshot(client))
+                    body = metrics.render(metrics.snapshot(broker))
                     self._send(200, body, "text/plain; version=0.0.4")
                 else:
                     self._send(404, json.dumps({"error": "not found"}), "application/json")
@@ -70,7 +70,7 @@ def make_handler(client: redis.Redis) -> type[BaseHTTPRequestHandler]:
 
 
 def make_server(host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    httpd = ThreadingHTTPServer((host, port), make_handler(connect()))
+    httpd = ThreadingHTTPServer((host, port), make_handler(Broker.connect()))
     httpd.daemon_threads = True
     return httpd
 

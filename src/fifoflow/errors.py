@@ -51,3 +51,12 @@ class JobFailed(FifoflowError):
     def __init__(self, job_id: str, status: str, error: str | None) -> None:
         super().__init__(f"job {job_id} is {status}: {error or 'no error recorded'}")
         self.job_id, self.status, self.error = job_id, status, error
+
+
+class ServerOutOfMemory(FifoflowError):
+    """The server is at its ``maxmemory`` (policy ``noeviction``) and refused a write;
+    nothing of that write was applied. Free memory or raise the limit, then retry."""
+
+
+class NoRetry(Exception):
+    """Raised by a target (or subclassed): the job is dead at once, never retried."""

@@ -1,15 +1,17 @@
-"""The Redis key schema: the one place that knows key names.
+"""The Redis key schema, job statuses and job fields: the one definition of each.
 
 Every key of one queue starts with ``ff:{QUEUE}:`` so all of them hash to one slot (the
 ``{QUEUE}`` hash tag) and a Lua script can touch any of them, on a single server or on
-Redis Cluster. The scripts derive per-pool and per-job key names from that same prefix
-(see ``scripts/_common.lua``); this module mirrors those names for Python callers.
+Redis Cluster. The scripts get the same names from ``scripts/_schema.lua``, which is
+generated from this module (``python -m fifoflow.keys``) and checked by a test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import sys
+from enum import StrEnum
 
 #: Queue and pool names: printable, no braces (they would break the hash tag), no colons.
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -18,6 +20,77 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 QUEUES = "ff:queues"
 #: Sorted set of live worker names, scored by their last heartbeat.
 WORKERS = "ff:workers"
+#: Which worker currently watches for dead workers (a short-lived lock, see deathwatch).
+WATCHER = "ff:watcher"
+#: Prefix of every worker connection's CLIENT SETNAME: how a dead worker is recognised.
+CONNECTION_NAME_PREFIX = "ffw:"
+
+
+class Status(StrEnum):
+    """A job's status (the contract's names)."""
+
+    QUEUED = "queued"
+    DELAYED = "delayed"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+#: Statuses after which a job never runs again; each has a sorted set of the same name.
+FINAL = (Status.SUCCEEDED, Status.DEAD, Status.CANCELLED)
+
+
+class Field(StrEnum):
+    """The fields of a job's hash (``ff:{Q}:job:ID``)."""
+
+    TARGET = "target"
+    PARAMS = "params"  # JSON object text
+    PRIORITY = "priority"
+    POOL = "pool"
+    KEY = "key"  # de-duplication key, if any
+    RETRIES = "retries"
+    MAX_LOST = "max_lost"  # the job's own limit of lost leases, if it set one
+    TIMEOUT = "timeout"
+    STATUS = "status"
+    ATTEMPTS = "attempts"
+    FAILURES = "failures"
+    LOST = "lost"  # leases lost (worker died or was cut off)
+    CREATED_AT = "created_at"
+    STARTED_AT = "started_at"
+    FINISHED_AT = "finished_at"
+    DUE_AT = "due_at"
+    WORKER = "worker"
+    TOKEN = "token"  # fencing token of the current claim ('' when not running)
+    DONE = "done"  # "TOKEN|OUTCOME" of the last reported attempt: a re-sent report is a no-op
+    CLAIM_SEQ = "claim_seq"  # the queue's claim counter when this attempt was claimed
+    RESULT = "result"
+    ERROR = "error"
+    TRACEBACK = "traceback"
+    FLOW_RUN_ID = "flow_run_id"
+
+
+class Key(StrEnum):
+    """Suffixes of a queue's keys, after its prefix ``ff:{Q}:``."""
+
+    JOB = "job:"  # + id: hash, the job record
+    READY = "ready:"  # + pool: zset of claimable jobs, score -priority, member id
+    WAKE = "wake:"  # + pool: list of wake tokens idle workers BLPOP
+    POOLS = "pools"  # set of pools seen
+    DELAYED = "delayed"  # zset, pushed with a delay, score = due time
+    RETRY = "retry"  # zset, waiting for a retry, score = due time
+    RUNNING = "running"  # zset, claimed, score = lease deadline
+    SUCCEEDED = "succeeded"  # zset, finished, score = finish time (likewise dead, cancelled)
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    KEYS = "keys"  # hash, de-duplication key -> id while queued, delayed or running
+    SEQ = "seq"  # string, the last rank handed out
+    CLAIMS = "claims"  # string, the claim counter (claim_seq)
+    HK = "hk"  # string, housekeeping gate (expires after 50 ms)
+    META = "meta"  # hash, queue settings (max_length)
+    REQ = "req:"  # + request nonce: the reply of a request already done (idempotence)
+    STAGE = "stage:"  # + push id: list of ids staged by a multi-batch push
+    STAGING = "staging"  # zset, push ids being staged, score = start time (for clean-up)
 
 
 def valid_name(name: str) -> bool:
@@ -29,28 +102,20 @@ def prefix(queue: str) -> str:
 
 
 def job(queue: str, job_id: str) -> str:
-    return f"{prefix(queue)}job:{job_id}"
+    return f"{prefix(queue)}{Key.JOB}{job_id}"
 
 
 def ready(queue: str, pool: str) -> str:
-    return f"{prefix(queue)}ready:{pool}"
+    return f"{prefix(queue)}{Key.READY}{pool}"
 
 
 def wake(queue: str, pool: str) -> str:
-    return f"{prefix(queue)}wake:{pool}"
+    return f"{prefix(queue)}{Key.WAKE}{pool}"
 
 
-def pools(queue: str) -> str:
-    return f"{prefix(queue)}pools"
-
-
-def zset(queue: str, name: str) -> str:
-    """The per-status sets: delayed, retry, running, succeeded, dead, cancelled."""
-    return f"{prefix(queue)}{name}"
-
-
-def meta(queue: str) -> str:
-    return f"{prefix(queue)}meta"
+def queue_key(queue: str, key: Key) -> str:
+    """A key of the queue with no suffix of its own (``Key.RUNNING``, ``Key.META`` ...)."""
+    return f"{prefix(queue)}{key}"
 
 
 def worker(name: str) -> str:
@@ -60,3 +125,24 @@ def worker(name: str) -> str:
 def id_suffix(queue: str) -> str:
     """Four hex digits of the queue name, appended to job ids so ids are unique across queues."""
     return hashlib.sha1(queue.encode()).hexdigest()[:4]
+
+
+def lua_schema() -> str:
+    """The text of ``scripts/_schema.lua``: the enums above as Lua tables S, F and K."""
+
+    def table(name: str, enum: type[StrEnum]) -> str:
+        rows = "".join(f"  {m.name.lower()} = '{m.value}',\n" for m in enum)
+        return f"local {name} = {{\n{rows}}}\n"
+
+    return (
+        "-- _schema.lua: GENERATED from src/fifoflow/keys.py by `python -m fifoflow.keys`;\n"
+        "-- do not edit (tests/test_architecture.py checks that it matches).\n"
+        "-- S: job statuses, F: job hash fields, K: key suffixes after the prefix 'ff:{Q}:'.\n"
+        + table("S", Status)
+        + table("F", Field)
+        + table("K", Key)
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover - a developer's tool
+    sys.stdout.write(lua_schema())

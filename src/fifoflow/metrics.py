@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
-from . import registry
-from .queue import STATUSES, Queue, known_queues
+from .broker import Broker
+from .queue import STATUSES
 
 
-def snapshot(client: redis.Redis) -> dict[str, Any]:
+def snapshot(broker: Broker) -> dict[str, Any]:
     """What the dashboard and /metrics show: counts per queue and the live workers."""
-    queues = {name: Queue(name, client=client).stats() for name in known_queues(client)}
-    return {"queues": queues, "workers": registry.live_workers(client)}
+    queues = {name: broker.counts(name) for name in broker.queues()}
+    return {"queues": queues, "workers": broker.live_workers()}
 
 
 def render(snap: dict[str, Any]) -> str:

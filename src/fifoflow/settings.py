@@ -24,12 +24,22 @@ class Settings(BaseSettings):
     #: Exponential back-off of retries: base * 2**(failures-1), capped, times a jitter in [0.5, 1].
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
+    #: A job whose worker is lost more than this many times is dead (a poison job).
+    max_lost: int = Field(default=2, ge=0)
+    #: Abandoned threads (thread-slot jobs past their timeout) a worker tolerates; at the
+    #: cap it drains and starts afresh (the CLI re-executes itself).
+    max_abandoned: int = Field(default=8, ge=1)
     #: Embedded server durability: "everysec" (default) or "always".
     appendfsync: str = "everysec"
     #: Largest accepted params document, in bytes of JSON.
     max_params_bytes: int = 1024 * 1024
     #: Seconds to wait for a connection before giving up with a clear error.
     connect_timeout: float = 3.0
+    #: Seconds to wait for any reply. Every blocking wait is shorter (half of it at most),
+    #: so a timeout always means a lost reply or a dead server, never an idle one.
+    socket_timeout: float = Field(default=10.0, gt=0)
+    #: Accept a server that evicts keys under memory pressure (it can lose jobs silently).
+    allow_eviction: bool = False
 
 
 def get_settings() -> Settings:

@@ -1,158 +1,302 @@
-"""Process slots: each slot runs its jobs in a child process of its own, so a job that
-overruns its timeout (or hangs, or leaks) is stopped by killing that process.
+"""A worker's slots: N threads, each running one job at a time.
 
-Parent and child exchange JSON text only (``send_bytes``), never pickled objects. The
-child imports targets itself; the parent checks the module allow-list before sending, so a
-disallowed target is never imported anywhere.
+A slot that finishes a job reports the outcome and claims its next job in the same script
+call (``complete.lua``), so a busy slot costs one round trip per job, on a connection of
+its own. Idle slots wait for the dispatcher to hand them a job. How a job runs is the
+slot's *runner*: in the slot thread (``ThreadRunner``: ``execution.execute``, with a
+``call`` that Prefect mode replaces) or in a child process (``procslot.ProcessRunner``).
+
+A thread cannot be killed: a thread-slot job past its timeout is *abandoned* by the
+monitor, which reports the timeout and gives the slot a fresh thread. Abandoned threads
+that are still running are counted; at ``max_abandoned`` the worker drains and restarts
+(the CLI re-executes itself), and a job whose abandoned attempt still runs here is never
+started again here meanwhile (it goes back in line for a second, for another worker).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import multiprocessing
-import os
-import signal
-import sys
-import traceback
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
-from typing import Any, cast
+import logging
+import queue as stdlib_queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from .queue import TARGET_RE
+import redis
 
-#: Outcome of one attempt as (outcome, payload, traceback): ("ok", result JSON, "") or
-#: ("fail", one-line error, traceback).
-Outcome = tuple[str, str, str]
+from .allowlist import Resolver
+from .broker import nonce
+from .execution import Call, direct_call, execute
+from .records import Claimed, ClaimRequest, Completion, Outcome
+from .resilience import supervised
 
+if TYPE_CHECKING:
+    from .worker import Worker
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+log = logging.getLogger("fifoflow.worker")
 
-
-class TargetNotAllowed(Exception):
-    """The target lies outside the modules this worker was started with."""
+#: Seconds a job waits in line when its abandoned attempt still runs in this process.
+BUSY_ELSEWHERE_DELAY = 1.0
 
 
-def inside(module_name: str, modules: Sequence[str]) -> bool:
-    return any(module_name == m or module_name.startswith(m + ".") for m in modules)
+class Runner(Protocol):
+    #: True if the runner stops an attempt at its timeout itself (a process can be killed).
+    enforces_timeout: bool
+
+    def run(self, job: Claimed) -> Outcome: ...
+    def kill(self) -> None: ...
+    def close(self) -> None: ...
 
 
-def check_allowed(target: str, modules: Sequence[str]) -> None:
-    """Before any import: the target must name a public function of an allowed module."""
-    if not TARGET_RE.match(target):
-        raise TargetNotAllowed(f"invalid target {target!r}")
-    module_name, attr = target.split(":")
-    if not inside(module_name, modules):
-        raise TargetNotAllowed(
-            f"target {target!r} is outside the modules this worker serves "
-            f"({', '.join(modules)}); it was not imported"
-        )
-    if attr.startswith("_"):
-        raise TargetNotAllowed(f"target {target!r} is private: only public names can run")
+class ThreadRunner:
+    """Runs a job in the slot thread itself."""
 
+    enforces_timeout = False
 
-def import_target(target: str, modules: Sequence[str]) -> Callable[..., Any]:
-    """Import an allowed target; it must also be *defined* in an allowed module, so a name
-    an allowed module merely imported (``from os import system``) cannot be run."""
-    module_name, attr = target.split(":")
-    fn = getattr(importlib.import_module(module_name), attr)
-    if not callable(fn):
-        raise TypeError(f"target {target!r} is not callable")
-    inner = getattr(fn, "fn", None) or getattr(fn, "__wrapped__", None) or fn  # Prefect flows
-    defined_in = getattr(inner, "__module__", None)
-    if not isinstance(defined_in, str) or not inside(defined_in, modules):
-        raise TargetNotAllowed(
-            f"target {target!r} is defined in {defined_in or 'an unknown module'}, outside "
-            f"the modules this worker serves ({', '.join(modules)})"
-        )
-    return cast(Callable[..., Any], fn)
+    def __init__(self, resolver: Resolver, call: Call = direct_call) -> None:
+        self.resolver, self.call = resolver, call
 
+    def run(self, job: Claimed) -> Outcome:
+        return execute(job, self.resolver, self.call)
 
-def call_target(fn: Callable[..., Any], target: str, params_json: str) -> Outcome:
-    try:
-        result = fn(**json.loads(params_json))
-        try:
-            text = json.dumps(result, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{target} returned a value that is not JSON: {e}") from None
-        return "ok", text, ""
-    except Exception as e:
-        return "fail", one_line(e), traceback.format_exc()
-
-
-def _child_main(conn: Connection, sys_path: list[str], modules: list[str]) -> None:
-    # The parent handles SIGINT/SIGTERM and decides what happens to running jobs.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    sys.path[:0] = [p for p in sys_path if p not in sys.path]
-    cache: dict[str, Callable[..., Any]] = {}
-    while True:
-        try:
-            request = json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
-        target, params = request["target"], request["params"]
-        try:
-            fn = cache.get(target) or import_target(target, modules)
-            cache[target] = fn
-            outcome = call_target(fn, target, params)
-        except TargetNotAllowed as e:
-            outcome = ("dead", one_line(e), "")
-        except Exception as e:
-            outcome = ("fail", one_line(e), traceback.format_exc())
-        conn.send_bytes(json.dumps(outcome).encode())
-
-
-class ProcessSlot:
-    """One child process, started on first use and replaced after a kill."""
-
-    def __init__(self, modules: Sequence[str]) -> None:
-        self._modules = list(modules)
-        self._ctx = multiprocessing.get_context("spawn")
-        self._proc: multiprocessing.process.BaseProcess | None = None
-        self._conn: Connection | None = None
-
-    def _ensure(self) -> Connection:
-        if self._proc is None or not self._proc.is_alive() or self._conn is None:
-            self.close()
-            parent, child = self._ctx.Pipe()
-            self._proc = self._ctx.Process(
-                target=_child_main, args=(child, list(sys.path), self._modules), daemon=True
-            )
-            self._proc.start()
-            child.close()
-            self._conn = parent
-        return self._conn
-
-    def run(self, target: str, params: str, timeout: float | None) -> Outcome:
-        conn = self._ensure()
-        try:
-            conn.send_bytes(json.dumps({"target": target, "params": params}).encode())
-            if not conn.poll(timeout):
-                self.close()
-                return "fail", f"TimeoutError: job exceeded its timeout of {timeout:g}s", ""
-            outcome = json.loads(conn.recv_bytes())
-        except (EOFError, OSError, ValueError):
-            code = self._proc.exitcode if self._proc else None
-            self.close()
-            return "fail", f"ChildProcessError: the job's process died (exit code {code})", ""
-        return str(outcome[0]), str(outcome[1]), str(outcome[2])
-
-    def kill(self) -> None:
-        """Kill the child from another thread; the slot thread sees its job's process die."""
-        proc = self._proc
-        if proc is not None and proc.pid is not None and proc.is_alive():
-            os.kill(proc.pid, signal.SIGKILL)
+    def kill(self) -> None:  # a thread cannot be killed; the monitor abandons it
+        pass
 
     def close(self) -> None:
-        """Stop the child at once (its job, if any, is abandoned)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._proc is not None:
-            if self._proc.is_alive() and self._proc.pid is not None:
-                os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.join(5)
-            self._proc = None
+        pass
+
+
+@dataclass(slots=True)
+class Run:
+    """One attempt in progress on a slot."""
+
+    job: Claimed
+    started: float
+    deadline: float | None
+    abandoned: bool = False
+    finishing: bool = False  # its outcome is being reported
+
+
+@dataclass
+class Slot:
+    index: int
+    runner: Runner
+    generation: int = 0
+    run: Run | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+    #: The slot's own server connection for its report-and-claim calls.
+    conn: redis.Connection | None = field(default=None, repr=False)
+
+
+class Slots:
+    def __init__(self, worker: Worker, make_runner: Callable[[], Runner]) -> None:
+        self.w = worker
+        self.lock = threading.Lock()
+        self.idle_changed = threading.Condition(self.lock)
+        self.idle = 0
+        self.handoff: stdlib_queue.SimpleQueue[Claimed | None] = stdlib_queue.SimpleQueue()
+        self.slots = [Slot(i, make_runner()) for i in range(worker.concurrency)]
+        self._abandoned: list[tuple[threading.Thread, str]] = []
+
+    # -- the dispatcher's side -----------------------------------------------------------
+
+    def wait_idle(self) -> int:
+        """Block until a slot is idle (or the worker stops); how many are idle."""
+        with self.idle_changed:
+            while self.idle == 0 and not self.w.stopping.is_set():
+                self.idle_changed.wait()
+            return self.idle
+
+    def hand_out(self, jobs: list[Claimed]) -> None:
+        with self.lock:
+            self.idle -= len(jobs)
+        for job in jobs:
+            self.handoff.put(job)
+
+    def wake_waiters(self) -> None:
+        with self.idle_changed:
+            self.idle_changed.notify_all()
+
+    # -- the slot threads ------------------------------------------------------------------
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._start(slot)
+
+    def _start(self, slot: Slot) -> None:
+        slot.generation += 1
+        gen = slot.generation
+        slot.run = None
+        slot.thread = supervised(
+            f"fifoflow-slot-{slot.index}",
+            lambda: self._loop(slot, gen),
+            self.w.health,
+            self.w.stopping,
+        )
+        slot.thread.start()
+
+    def _loop(self, slot: Slot, gen: int) -> None:
+        try:
+            self._work(slot, gen)
+        finally:  # a slot that dies holding a job lets its lease run out: redelivered
+            with self.lock:
+                if slot.generation == gen and slot.run is not None and not slot.run.finishing:
+                    slot.run = None
+
+    def _work(self, slot: Slot, gen: int) -> None:
+        w = self.w
+        job: Claimed | None = None
+        while True:
+            if job is None:
+                self._went_idle()
+                job = self.handoff.get()
+                if job is None:
+                    return
+            if w.stopping.is_set():  # claimed just before the stop: back to its place
+                w.give_back([job])
+                job = None
+            elif self._abandoned_attempt_alive(job.id):
+                w.give_back([job], delay=BUSY_ELSEWHERE_DELAY)
+                job = None
+            else:
+                run = Run(job, time.monotonic(), None)
+                if job.timeout and not slot.runner.enforces_timeout:
+                    run.deadline = run.started + job.timeout
+                with self.lock:
+                    slot.run = run
+                if run.deadline is not None:
+                    w.monitor.wake()
+                outcome = slot.runner.run(job)
+                with self.lock:
+                    if run.abandoned or slot.generation != gen:
+                        return  # the monitor reported its timeout and replaced this thread
+                    run.finishing = True
+                duration = time.monotonic() - run.started
+                w.attempt_done(job, outcome, duration)
+                job = self._report(slot, job, outcome, duration)
+                with self.lock:
+                    slot.run = None
+
+    def _went_idle(self) -> None:
+        with self.idle_changed:
+            self.idle += 1
+            self.idle_changed.notify()
+            all_idle = self.idle == len(self.slots)
+        if all_idle and self.w.burst:
+            # In burst mode the last busy slot going idle may mean "drained": let the
+            # dispatcher look now rather than at its next timeout.
+            self.w.dispatcher.unblock()
+
+    def _report(
+        self, slot: Slot, job: Claimed, outcome: Outcome, duration: float
+    ) -> Claimed | None:
+        """Record the outcome and, unless stopping, claim this slot's next job with it.
+        Only the first queue is claimed from here; the dispatcher serves the others, so
+        the queues' order is kept."""
+        w = self.w
+        n = 0 if w.stopping.is_set() or job.queue != w.queues[0] else 1
+        req = ClaimRequest(w.name, n, w.pools, w.lease, nonce()) if n else None
+
+        def report() -> Completion:
+            if slot.conn is None:
+                slot.conn = w.broker.client.connection_pool.get_connection()
+            return w.broker.complete(job, outcome, req, conn=slot.conn)
+
+        result = w.retry(report, forever=True)
+        w.processed += 1
+        log.log(
+            logging.INFO if outcome.kind == "ok" else logging.WARNING,
+            "job %s %s %s in %.3fs%s",
+            job.id,
+            job.target,
+            result.outcome,
+            duration,
+            "" if outcome.kind == "ok" else f": {outcome.payload}",
+        )
+        if result.claimed and w.stopping.is_set():
+            w.give_back(result.claimed)  # a stop arrived while the call was in flight
+            return None
+        return result.claimed[0] if result.claimed else None
+
+    # -- the monitor's side ------------------------------------------------------------------
+
+    def running(self) -> list[Claimed]:
+        """Jobs being run, not yet being reported (a report ends the lease anyway)."""
+        with self.lock:
+            return [
+                s.run.job
+                for s in self.slots
+                if s.run is not None and not s.run.abandoned and not s.run.finishing
+            ]
+
+    def overdue(self, now: float) -> tuple[list[tuple[Slot, Run]], list[float]]:
+        """Attempts past their deadline (marked abandoned), and the deadlines still ahead."""
+        ahead: list[float] = []
+        expired: list[tuple[Slot, Run]] = []
+        with self.lock:
+            for slot in self.slots:
+                run = slot.run
+                if run is None or run.deadline is None or run.abandoned or run.finishing:
+                    continue
+                if now >= run.deadline:
+                    run.abandoned = True
+                    expired.append((slot, run))
+                else:
+                    ahead.append(run.deadline)
+        return expired, ahead
+
+    def replace(self, slot: Slot, run: Run) -> int:
+        """The slot's thread is left to its overrunning job; a fresh one takes the slot.
+        Returns how many abandoned threads are still running."""
+        with self.lock:
+            if slot.thread is not None:
+                self._abandoned.append((slot.thread, run.job.id))
+            slot.run = None
+        if not self.w.stopping.is_set():
+            self._start(slot)
+        return self.abandoned_alive()
+
+    def abandoned_alive(self) -> int:
+        with self.lock:
+            self._abandoned = [(t, j) for t, j in self._abandoned if t.is_alive()]
+            return len(self._abandoned)
+
+    def _abandoned_attempt_alive(self, job_id: str) -> bool:
+        with self.lock:
+            return any(j == job_id and t.is_alive() for t, j in self._abandoned)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def all_idle(self) -> bool:
+        with self.lock:
+            return self.idle == len(self.slots)
+
+    def busy(self) -> bool:
+        with self.lock:
+            return any(s.run is not None and not s.run.abandoned for s in self.slots)
+
+    def finishing(self) -> bool:
+        with self.lock:
+            return any(s.run is not None and s.run.finishing for s in self.slots)
+
+    def abandon_all(self) -> list[Claimed]:
+        """After the grace period: runs still going are abandoned (process slots killed);
+        their jobs are returned to be put back in line."""
+        with self.lock:
+            stuck = [s for s in self.slots if s.run is not None and not s.run.finishing]
+            runs = [s.run for s in stuck if s.run is not None and not s.run.abandoned]
+            for run in runs:
+                run.abandoned = True
+        for slot in stuck:
+            slot.runner.kill()
+        return [r.job for r in runs]
+
+    def close(self) -> None:
+        for _ in self.slots:
+            self.handoff.put(None)
+        for slot in self.slots:
+            slot.runner.close()
+            if slot.conn is not None:
+                self.w.broker.client.connection_pool.release(slot.conn)
+                slot.conn = None

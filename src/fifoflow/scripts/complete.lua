@@ -1,65 +1,72 @@
 -- complete.lua: record the outcome of one attempt, then claim the next job(s) for the
--- same slot in the same round trip. Refused (and nothing changes) unless the caller
--- holds the job's current fencing token and the job is still running.
+-- same slot in the same round trip. Refused (and nothing changes: 'stale') unless the
+-- caller holds the job's current fencing token; a report re-sent after a lost reply is
+-- recognised (the job's `done` field) and changes nothing either.
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
--- ARGV[1]  job id
--- ARGV[2]  fencing token
+-- ARGV[1]  job id                 ARGV[2]  fencing token
 -- ARGV[3]  outcome: 'ok' | 'fail' (retry if any left) | 'dead' (no retry)
 -- ARGV[4]  result JSON (ok) or one-line error (fail/dead)
 -- ARGV[5]  traceback ('' if none)
--- ARGV[6]  retry base seconds    ARGV[7] retry cap seconds    ARGV[8] jitter in [0.5, 1]
--- ARGV[9]  ttl seconds of finished records
--- ARGV[10] extra field name to record ('' = none), ARGV[11] its value (e.g. flow run id)
--- ARGV[12] worker name   ARGV[13] lease seconds   ARGV[14] N to claim (0 = none)
--- ARGV[15..] pools served
--- Returns  {outcome, next_event_seconds, claimed jobs (6 fields each)...}
+-- ARGV[6]  more fields to record, as a JSON object ('' = none), e.g. {"flow_run_id": "..."}
+-- ARGV[7]  retry base seconds     ARGV[8] retry cap seconds    ARGV[9] jitter in [0.5, 1]
+-- ARGV[10..] the claim request for the slot's next job (N = 0: none), as in claim.lua
+-- Returns  {outcome, next_event_seconds, claimed jobs (5 fields each)...}
 --          outcome: 'succeeded' | 'retry' | 'dead' | 'stale'
 local P = KEYS[1]
-local id, token, outcome = ARGV[1], ARGV[2], ARGV[3]
-local jk = P .. 'job:' .. id
+local job_id, token, outcome, payload, tb, extra = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  ARGV[5], ARGV[6]
+local retry_base, retry_cap, jitter = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local req = claim_request(ARGV, 10)
+local jk = job_key(P, job_id)
 local now = now_s()
+
+local cur = read(jk, F.token, F.status, F.retries, F.key, F.failures, F.pool, F.done)
 local result = 'stale'
-local cur = redis.call('HMGET', jk, 'token', 'status', 'retries', 'key', 'failures')
-if cur[1] == token and cur[2] == 'running' and token ~= '' then
-  redis.call('ZREM', P .. 'running', id)
+if cur.token == token and cur.status == S.running and token ~= '' then
+  redis.call('ZREM', P .. K.running, job_id)
   local fields = {}
-  if ARGV[10] ~= '' then fields = {ARGV[10], ARGV[11]} end
-  if outcome == 'ok' then
-    fields[#fields + 1] = 'result'
-    fields[#fields + 1] = ARGV[4]
-    if cur[5] then redis.call('HDEL', jk, 'error', 'traceback') end
-    finish(P, id, 'succeeded', now, ARGV[9], cur[4], fields)
-    result = 'succeeded'
-  else
-    local failures = (tonumber(cur[5]) or 0) + 1
-    for _, v in ipairs({'error', ARGV[4], 'traceback', ARGV[5], 'failures', failures}) do
-      fields[#fields + 1] = v
-    end
-    if outcome == 'fail' and failures <= tonumber(cur[3] or '0') then
-      local delay = tonumber(ARGV[6]) * (2 ^ (failures - 1))
-      if delay > tonumber(ARGV[7]) then delay = tonumber(ARGV[7]) end
-      delay = delay * tonumber(ARGV[8])
-      redis.call('HSET', jk, 'status', 'delayed', 'token', '', 'due_at', fmt_time(now + delay),
-        unpack(fields))
-      redis.call('ZADD', P .. 'retry', now + delay, id)
-      result = 'retry'
-    else
-      finish(P, id, 'dead', now, ARGV[9], cur[4], fields)
-      result = 'dead'
+  if extra ~= '' then
+    for name, value in pairs(cjson.decode(extra)) do
+      fields[#fields + 1] = name
+      fields[#fields + 1] = tostring(value)
     end
   end
+  if outcome == 'ok' then
+    result = S.succeeded
+    fields[#fields + 1] = F.result
+    fields[#fields + 1] = payload
+    fields[#fields + 1] = F.done
+    fields[#fields + 1] = token .. '|' .. result
+    if cur.failures then redis.call('HDEL', jk, F.error, F.traceback) end
+    finish(P, job_id, S.succeeded, now, req.policy.ttl, cur.key, fields)
+  else
+    local failures = (tonumber(cur.failures) or 0) + 1
+    local retry = outcome == 'fail' and failures <= tonumber(cur.retries or '0')
+    result = retry and 'retry' or S.dead
+    for _, v in ipairs({F.error, payload, F.traceback, tb, F.failures, failures,
+        F.done, token .. '|' .. result}) do
+      fields[#fields + 1] = v
+    end
+    if retry then
+      local delay = math.min(retry_base * (2 ^ (failures - 1)), retry_cap) * jitter
+      redis.call('HSET', jk, F.token, '', unpack(fields))
+      schedule(P, K.retry, job_id, now + delay, cur.pool)
+    else
+      finish(P, job_id, S.dead, now, req.policy.ttl, cur.key, fields)
+    end
+  end
+elseif cur.done and token ~= '' and string.sub(cur.done, 1, #token + 1) == token .. '|' then
+  result = string.sub(cur.done, #token + 2)  -- a re-sent report: the first one's outcome
 end
-local pools = {}
-for i = 15, #ARGV do pools[#pools + 1] = ARGV[i] end
-local n = tonumber(ARGV[14])
+
 local out = {}
-if n > 0 then
-  housekeep(P, now, false)
-  out = claim(P, ARGV[12], tonumber(ARGV[13]), n, pools, now)
+if req.n > 0 then
+  housekeep(P, now, false, req.policy)
+  out = claim(P, req, now)
 end
 -- The time to the next event matters only to a slot that is about to go idle.
 local soonest = -1
-if n == 0 or #out < n * 6 then soonest = next_event(P, now) end
+if req.n == 0 or #out < req.n * 5 then soonest = next_event(P, now) end
 table.insert(out, 1, tostring(soonest))
 table.insert(out, 1, result)
 return out

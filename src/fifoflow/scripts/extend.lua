@@ -7,12 +7,12 @@ local P = KEYS[1]
 local deadline = now_s() + tonumber(ARGV[1])
 local lost = {}
 for i = 2, #ARGV, 2 do
-  local id, token = ARGV[i], ARGV[i + 1]
-  local cur = redis.call('HMGET', P .. 'job:' .. id, 'token', 'status')
-  if cur[1] == token and cur[2] == 'running' then
-    redis.call('ZADD', P .. 'running', 'XX', deadline, id)
+  local job_id, token = ARGV[i], ARGV[i + 1]
+  local cur = read(job_key(P, job_id), F.token, F.status)
+  if cur.token == token and cur.status == S.running then
+    redis.call('ZADD', P .. K.running, 'XX', deadline, job_id)
   else
-    lost[#lost + 1] = id
+    lost[#lost + 1] = job_id
   end
 end
 return lost

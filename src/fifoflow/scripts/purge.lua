@@ -2,9 +2,7 @@
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- Returns  the number of jobs deleted
 local P = KEYS[1]
-local ids = redis.call('ZRANGE', P .. 'dead', 0, -1)
-for _, id in ipairs(ids) do
-  redis.call('DEL', P .. 'job:' .. id)
-end
-redis.call('DEL', P .. 'dead')
+local ids = redis.call('ZRANGE', P .. K.dead, 0, -1)
+for _, id in ipairs(ids) do redis.call('DEL', job_key(P, id)) end
+redis.call('DEL', P .. K.dead)
 return #ids

@@ -4,20 +4,20 @@
 -- Returns  the ids re-queued
 local P = KEYS[1]
 local ids = ARGV
-if ARGV[1] == '*' then ids = redis.call('ZRANGE', P .. 'dead', 0, -1) end
+if ARGV[1] == '*' then ids = redis.call('ZRANGE', P .. K.dead, 0, -1) end
 local done = {}
 for _, id in ipairs(ids) do
-  local jk = P .. 'job:' .. id
-  local f = redis.call('HMGET', jk, 'status', 'pool', 'priority', 'key')
-  if f[1] == 'dead' then
-    redis.call('ZREM', P .. 'dead', id)
+  local jk = job_key(P, id)
+  local cur = read(jk, F.status, F.pool, F.priority, F.key)
+  if cur.status == S.dead then
+    redis.call('ZREM', P .. K.dead, id)
     redis.call('PERSIST', jk)
-    redis.call('HSET', jk, 'failures', 0)
-    redis.call('HDEL', jk, 'finished_at', 'started_at', 'worker', 'due_at')
-    if f[4] and f[4] ~= '' and not redis.call('HGET', P .. 'keys', f[4]) then
-      redis.call('HSET', P .. 'keys', f[4], id)
+    redis.call('HSET', jk, F.failures, 0, F.lost, 0)
+    redis.call('HDEL', jk, F.finished_at, F.started_at, F.worker, F.due_at)
+    if cur.key and cur.key ~= '' and not redis.call('HGET', P .. K.keys, cur.key) then
+      redis.call('HSET', P .. K.keys, cur.key, id)
     end
-    enqueue_ready(P, id, f[2], f[3])
+    enqueue_ready(P, id, cur.pool, cur.priority)
     done[#done + 1] = id
   end
 end

@@ -1,0 +1,352 @@
+"""The broker: the only code that talks to the server.
+
+Every state change is one Lua script, and every script call goes through
+``Broker._script``, the one caller of ``scripts.run``: on a pooled connection, or on one
+the caller owns (a worker slot's, the dispatcher's blocking one). Replies come back as
+typed records (``records.py``); neither ``Queue`` nor the worker builds a command.
+
+Pushes, claims and reports carry a nonce (claims: the fencing token), so a call whose
+reply was lost (a connection error or a socket timeout) is simply sent again: the server
+recognises it and answers as the first time, without doing it twice. Reads (counts,
+records, the worker registry) live in ``BrokerReads``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from . import keys, scripts
+from .broker_reads import BrokerReads
+from .connection import connect
+from .errors import QueueFull, ServerOutOfMemory, UsageError
+from .keys import Key
+from .records import (
+    Claim,
+    Claimed,
+    ClaimRequest,
+    Completion,
+    Outcome,
+    Pushed,
+    PushSpec,
+    parse_claimed,
+)
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+#: Jobs per script call of a push; a push of more is staged and committed at once.
+BATCH = 5000
+#: Re-sends of a call whose reply may have been lost, and the pause before each.
+RESENDS = (0.05, 0.25, 1.0)
+#: A connection error or timeout: the call may or may not have run.
+LOST = (redis.ConnectionError, redis.TimeoutError)
+
+
+def nonce() -> str:
+    """64 random bits: a fencing token no other claim, on any worker, will have."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What the scripts need to know of the settings when they reap or finish a job."""
+
+    ttl: int
+    max_lost: int
+    retry_base: float
+    retry_max: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings, max_lost: int | None = None) -> Policy:
+        return cls(
+            ttl=settings.result_ttl_seconds,
+            max_lost=settings.max_lost if max_lost is None else max_lost,
+            retry_base=settings.retry_base_seconds,
+            retry_max=settings.retry_max_seconds,
+        )
+
+
+class Broker(BrokerReads):
+    """State changes and reads of every queue on one server. Thread-safe."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings | None = None,
+        *,
+        max_lost: int | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings or get_settings()
+        self.policy = Policy.from_settings(self.settings, max_lost)
+
+    @classmethod
+    def connect(
+        cls,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        name: str | None = None,
+        max_lost: int | None = None,
+    ) -> Broker:
+        """``name``: a worker's name; every connection is then named after it, which is
+        how a live worker sees that this one died (``deathwatch``)."""
+        settings = settings or get_settings()
+        extra: dict[str, Any] = {}
+        if name:
+            extra["client_name"] = keys.CONNECTION_NAME_PREFIX + name
+        return cls(connect(url, settings=settings, **extra), settings, max_lost=max_lost)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- the one script path -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[redis.Connection]:
+        """A connection of the pool for the caller alone; broken ones are disconnected."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            yield conn
+        except LOST:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)
+
+    def _script(
+        self,
+        name: str,
+        queue: str,
+        args: Sequence[Any],
+        *,
+        conn: redis.Connection | None = None,
+        before: Sequence[Sequence[Any]] = (),
+    ) -> tuple[list[Any], Any]:
+        """Run a script, re-sending it if its reply may have been lost (every script is
+        idempotent, see the module docstring; ``before`` commands are never re-sent)."""
+        key = keys.prefix(queue)
+        for pause in (*RESENDS, None):
+            try:
+                if conn is not None:
+                    return scripts.run(conn, name, key, args, before=before)
+                with self.connection() as own:
+                    return scripts.run(own, name, key, args, before=before)
+            except LOST:
+                if conn is not None:
+                    conn.disconnect()  # type: ignore[no-untyped-call]
+                if pause is None or before:
+                    raise
+                time.sleep(pause)
+            except redis.ResponseError as e:
+                if "OOM command not allowed" in str(e):
+                    raise ServerOutOfMemory(
+                        f"the server is out of memory (maxmemory reached, policy noeviction): "
+                        f"{name} refused, nothing changed"
+                    ) from None
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _claim_args(self, req: ClaimRequest) -> list[Any]:
+        """The claim request as ``claim_request`` in ``_common.lua`` reads it."""
+        p = self.policy
+        return [
+            req.worker,
+            repr(req.lease),
+            req.n,
+            req.nonce,
+            p.max_lost,
+            p.ttl,
+            "1" if req.refill else "0",
+            *req.pools,
+        ]
+
+    # -- producing -------------------------------------------------------------------------
+
+    def push(
+        self,
+        queue: str,
+        spec: PushSpec,
+        params: Sequence[str],
+        job_keys: Sequence[str | None],
+        on_batch: Any = None,
+    ) -> list[Pushed]:
+        """Add jobs (params: JSON texts), all or none. Up to ``BATCH`` jobs are one script
+        call; more are staged batch by batch, invisible, and committed in one call."""
+        pairs: list[str] = []
+        for p, k in zip(params, job_keys, strict=True):
+            pairs += [p, k or ""]
+        self.client.sadd(keys.QUEUES, queue)
+        suffix = keys.id_suffix(queue)
+        if len(params) <= BATCH:
+            _, reply = self._script("push", queue, [nonce(), suffix, *spec.args(), *pairs])
+            if on_batch is not None:
+                on_batch(len(params))
+            return self._pushed(queue, reply)
+        push_id = nonce()
+        for batch, start in enumerate(range(0, len(pairs), 2 * BATCH)):
+            chunk = pairs[start : start + 2 * BATCH]
+            self._script("stage", queue, [push_id, batch, suffix, *spec.args(), *chunk])
+            if on_batch is not None:
+                on_batch(len(chunk) // 2)
+        keyed = "1" if any(job_keys) else "0"
+        _, reply = self._script("commit", queue, [push_id, *spec.args(), keyed])
+        if reply[0] == "GONE":
+            raise UsageError("the push was staged for over an hour and expired; push again")
+        return self._pushed(queue, reply)
+
+    def _pushed(self, queue: str, reply: Sequence[str]) -> list[Pushed]:
+        if reply[0] == "FULL":
+            raise QueueFull(queue, int(reply[1]), int(reply[2]), int(reply[3]))
+        return [
+            Pushed(reply[i], reply[i + 1] == "1", reply[i + 2]) for i in range(1, len(reply), 3)
+        ]
+
+    def set_max_length(self, queue: str, max_length: int | None) -> None:
+        if max_length is None:
+            self.client.hdel(keys.queue_key(queue, Key.META), "max_length")
+        else:
+            self.client.hset(keys.queue_key(queue, Key.META), "max_length", str(max_length))
+
+    # -- working ------------------------------------------------------------------------------
+
+    def claim(
+        self, queue: str, req: ClaimRequest, *, conn: redis.Connection | None = None
+    ) -> Claim:
+        _, reply = self._script("claim", queue, self._claim_args(req), conn=conn)
+        return Claim(float(reply[0]), parse_claimed(queue, req.nonce, reply[1:]))
+
+    def wait_and_claim(
+        self,
+        conn: redis.Connection,
+        wake_keys: Sequence[str],
+        timeout: float,
+        queue: str,
+        req: ClaimRequest,
+    ) -> tuple[str | None, Claim]:
+        """Block on the wake lists (BLPOP) with a claim pipelined behind it: the server runs
+        the claim the moment the wait ends, so a push reaches an idle slot in one hop.
+        Returns the wake list a token came from (None: timed out or unblocked)."""
+        wait = ("BLPOP", *wake_keys, timeout)
+        (woke,), reply = self._script(
+            "claim", queue, self._claim_args(req), conn=conn, before=[wait]
+        )
+        popped = woke[0] if isinstance(woke, list | tuple) and woke else None
+        return popped, Claim(float(reply[0]), parse_claimed(queue, req.nonce, reply[1:]))
+
+    def hand_back(self, wake_key: str) -> None:
+        """Return a wake token taken for a queue this worker then did not claim from."""
+        self.client.lpush(wake_key, "1")
+
+    def complete(
+        self,
+        job: Claimed,
+        outcome: Outcome,
+        next_claim: ClaimRequest | None = None,
+        *,
+        conn: redis.Connection | None = None,
+    ) -> Completion:
+        """Record one attempt's outcome and, with ``next_claim``, claim the slot's next
+        job in the same call. A report without the job's current token is refused
+        (``stale``): a worker whose lease was taken over cannot overwrite the record."""
+        p = self.policy
+        req = next_claim or ClaimRequest("", 0, (), 0.0, nonce())
+        jitter = "1" if outcome.kind == "ok" else repr(random.uniform(0.5, 1.0))
+        args = [
+            job.id,
+            job.token,
+            outcome.kind,
+            outcome.payload,
+            outcome.traceback,
+            json.dumps(dict(outcome.extra)) if outcome.extra else "",
+            repr(p.retry_base),
+            repr(p.retry_max),
+            jitter,
+            *self._claim_args(req),
+        ]
+        _, reply = self._script("complete", job.queue, args, conn=conn)
+        return Completion(reply[0], float(reply[1]), parse_claimed(job.queue, req.nonce, reply[2:]))
+
+    def extend(self, queue: str, jobs: Sequence[Claimed], lease: float) -> list[str]:
+        """Renew leases; returns the ids whose lease was lost to another worker."""
+        if not jobs:
+            return []
+        args: list[Any] = [repr(lease)]
+        for j in jobs:
+            args += [j.id, j.token]
+        return list(self._script("extend", queue, args)[1])
+
+    def release(self, queue: str, jobs: Sequence[Claimed], delay: float = 0.0) -> int:
+        """Put claimed jobs back at their original places (after ``delay`` seconds)."""
+        if not jobs:
+            return 0
+        args: list[Any] = [repr(delay)]
+        for j in jobs:
+            args += [j.id, j.token]
+        return int(self._script("release", queue, args)[1])
+
+    def maintain(self, queue: str) -> tuple[int, int, int]:
+        """Promote due, reap expired, trim old records: (promoted, reaped, trimmed)."""
+        _, (p, r, t) = self._script("maintain", queue, [self.policy.ttl, self.policy.max_lost])
+        return int(p), int(r), int(t)
+
+    def reap_worker(self, queue: str, worker: str) -> list[str]:
+        """A dead worker's running jobs back in line now (each counts as a lost lease)."""
+        _, ids = self._script("reap_worker", queue, [worker, self.policy.ttl, self.policy.max_lost])
+        return list(ids)
+
+    # -- changing --------------------------------------------------------------------------
+
+    def cancel(self, queue: str, job_id: str) -> str:
+        """The job's status after the call ('' if there is no such job)."""
+        return str(self._script("cancel", queue, [job_id, self.policy.ttl])[1])
+
+    def requeue(self, queue: str, job_ids: Sequence[str] | None) -> list[str]:
+        """Dead jobs (all if None) back to their places in line with fresh retries."""
+        # "*" is the script's "every dead job": as an id it is just an unknown one.
+        args = [i for i in job_ids if i != "*"] if job_ids is not None else ["*"]
+        if not args:
+            return []
+        return list(self._script("requeue", queue, args)[1])
+
+    def purge_dead(self, queue: str) -> int:
+        return int(self._script("purge", queue, [])[1])
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def register_worker(self, info: Mapping[str, Any], ttl: float) -> None:
+        """A live worker: a hash with an expiry, refreshed by its heartbeat."""
+        name = str(info["name"])
+        fields = {k: json.dumps(v) for k, v in info.items()}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(keys.worker(name), mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(keys.worker(name), max(1, int(ttl)))
+        pipe.zadd(keys.WORKERS, {name: time.time()})
+        pipe.execute()
+
+    def unregister_worker(self, name: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(keys.worker(name))
+        pipe.zrem(keys.WORKERS, name)
+        pipe.execute()
+
+    def watch_lock(self, name: str, ttl: float) -> bool:
+        """True while ``name`` holds the watcher's lock (taken, or renewed, for ``ttl``)."""
+        ms = max(1, int(ttl * 1000))
+        if self.client.set(keys.WATCHER, name, px=ms, nx=True):
+            return True
+        if self.client.get(keys.WATCHER) == name:
+            self.client.pexpire(keys.WATCHER, ms)
+            return True
+        return False

@@ -1,0 +1,166 @@
+"""Commands that run something: worker, the embedded server, the dashboard, the demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .. import server
+from ..errors import UsageError
+from ..settings import get_settings
+from .common import JsonOpt, emit_json, err, fail, out
+
+server_app = typer.Typer(help="The embedded Valkey server in FIFOFLOW_HOME.", no_args_is_help=True)
+
+
+def worker(
+    modules: Annotated[list[str], typer.Argument(help="Modules whose targets it may run.")],
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Queue(s), first listed first.")
+    ] = None,
+    pool: Annotated[list[str] | None, typer.Option("--pool", help="Pool(s) to serve.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Slots.")] = 1,
+    burst: Annotated[bool, typer.Option(help="Exit once the queues are drained.")] = False,
+    prefect: Annotated[bool, typer.Option(help="Run as a Prefect parent flow.")] = False,
+    processes: Annotated[
+        bool, typer.Option(help="Run each slot's jobs in a child process (killable on timeout).")
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="Worker name (default host.pid.xxxx).")] = None,
+    grace: Annotated[float, typer.Option(help="Seconds running jobs get on SIGTERM.")] = 30.0,
+    lease: Annotated[float | None, typer.Option(help="Lease seconds [10].")] = None,
+    max_lost: Annotated[
+        int | None,
+        typer.Option(min=0, help="A job whose worker is lost more often is dead [2]."),
+    ] = None,
+    max_abandoned: Annotated[
+        int | None,
+        typer.Option(min=1, help="Abandoned threads (timed-out jobs) before a restart [8]."),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
+) -> None:
+    """Run jobs from the queues, greedily, up to --concurrency at once."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise UsageError(f"unknown log level {log_level!r}")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if not grace >= 0:  # NaN too
+        raise UsageError("--grace must be >= 0")
+    if prefect and processes:
+        raise UsageError("--prefect and --processes cannot be combined")
+    # Like celery and rq: modules in the current folder are importable.
+    sys.path.insert(0, os.getcwd())
+    kwargs: dict[str, Any] = dict(
+        queues=queue or None,
+        modules=modules,
+        concurrency=concurrency,
+        pools=pool or None,
+        name=name,
+        grace=grace,
+        lease=lease,
+        processes=processes,
+        max_lost=max_lost,
+        max_abandoned=max_abandoned,
+    )
+    if prefect:
+        try:
+            from ..prefect import PrefectWorker
+        except ImportError as e:
+            raise UsageError(
+                f"--prefect needs Prefect: pip install 'fifoflow[prefect]' ({e})"
+            ) from None
+        code = PrefectWorker(**kwargs).run(burst=burst)
+    else:
+        from ..worker import Worker
+
+        code = Worker(**kwargs).run(burst=burst)
+    from ..worker import EXIT_RESTART
+
+    if code == EXIT_RESTART:
+        # A fresh process sheds the abandoned threads; same arguments, same pid.
+        logging.getLogger("fifoflow.worker").warning("re-executing the worker afresh")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "fifoflow", *sys.argv[1:]])
+    raise typer.Exit(code)
+
+
+# -- embedded server ------------------------------------------------------------------------
+
+
+def _server_home() -> Path:
+    settings = get_settings()
+    if settings.url:
+        err.print(f"note: FIFOFLOW_URL is set; the embedded server in {settings.home} is not used")
+    return settings.home
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the embedded server (a no-op if it runs)."""
+    settings = get_settings()
+    home = _server_home()
+    url = server.ensure_running(home, settings.appendfsync)
+    out.print(f"embedded server running at {url} (pid {server.read_pid(server.Paths(home))})")
+
+
+@server_app.command("status")
+def server_status(json_: JsonOpt = False) -> None:
+    """URL, pid, memory, uptime and persistence of the embedded server."""
+    info = server.status(_server_home())
+    if json_:
+        emit_json(info or {"running": False})
+    elif info is None:
+        fail("the embedded server is not running (fifoflow server start)", 1)
+    else:
+        table = Table(show_header=False, title="embedded server")
+        for k, v in info.items():
+            table.add_row(k, str(v))
+        out.print(table)
+    if info is None:
+        raise typer.Exit(1)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the embedded server, flushing its append-only file."""
+    pid = server.stop(_server_home())
+    out.print("the embedded server was not running" if pid is None else f"stopped (pid {pid})")
+
+
+# -- demo and dashboard -------------------------------------------------------------------------
+
+
+def demo() -> None:
+    """Push a parameter sweep and work it off with a Prefect dispatcher, live."""
+    try:
+        from ..demo import run
+    except ImportError as e:
+        raise UsageError(f"the demo needs Prefect: pip install 'fifoflow[prefect]' ({e})") from None
+    raise typer.Exit(run())
+
+
+def dashboard(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
+) -> None:
+    """The web dashboard (loopback only unless told otherwise)."""
+    from ..dashboard import make_server
+
+    try:
+        httpd = make_server(host, port)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    err.print(f"fifoflow dashboard on http://{host}:{httpd.server_port}/ (Ctrl-C stops it)")
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()

@@ -1,0 +1,103 @@
+"""Fast death detection: a worker killed outright gets its jobs back in line within about
+a second, long before their leases run out.
+
+A dead worker is usually visible at once: the server closes its connections (every
+connection of a worker is named ``ffw:NAME``, so ``CLIENT LIST`` shows who is connected),
+and on the same host its pid is gone. One live worker at a time (the holder of a short
+lock) looks every quarter second; a registered worker with no connection in two looks in
+a row, or whose pid is gone, is dead: ``reap_worker.lua`` puts its jobs back at their
+places, each counting as a lost lease. Leases stay the backstop: for partitions, for
+servers that refuse ``CLIENT LIST``, and right after a server restart (when nobody is
+connected yet, nothing is judged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("fifoflow.worker")
+
+#: Seconds between two looks.
+INTERVAL = 0.25
+#: A server up for less than this has just restarted: its clients are still reconnecting.
+MIN_UPTIME = 10.0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class DeathWatch:
+    name = "fifoflow-deathwatch"
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.host = socket.gethostname()
+        self._suspects: set[str] = set()
+        self._client_list = True
+        self._wake = threading.Event()
+
+    def run(self) -> None:
+        w = self.w
+        while not w.stopping.wait(INTERVAL):
+            if w.retry.once(lambda: w.broker.watch_lock(w.name, 4 * INTERVAL)):
+                self.look()
+            else:
+                self._suspects.clear()
+
+    def look(self) -> None:
+        w = self.w
+        workers = w.retry.once(w.broker.live_workers) or []
+        others = [info for info in workers if info.get("name") != w.name]
+        if not others:
+            return
+        connected = w.retry.once(w.broker.connected_workers) if self._client_list else None
+        if connected is None and self._client_list:
+            self._client_list = False
+            log.info(
+                "worker %s: the server refuses CLIENT LIST; leases alone find dead workers", w.name
+            )
+        suspects: set[str] = set()
+        for info in others:
+            name = str(info["name"])
+            if info.get("host") == self.host and not pid_alive(int(info.get("pid", 0))):
+                self.bury(info, "its process is gone")
+            elif connected is not None and name not in connected:
+                if name in self._suspects and self._server_settled():
+                    self.bury(info, "its connections closed")
+                else:
+                    suspects.add(name)
+        self._suspects = suspects
+
+    def _server_settled(self) -> bool:
+        uptime = self.w.retry.once(self.w.broker.server_uptime)
+        return uptime is not None and uptime >= MIN_UPTIME
+
+    def bury(self, info: dict[str, Any], why: str) -> None:
+        w = self.w
+        name = str(info["name"])
+        back: list[str] = []
+        for q in info.get("queues", []):
+            ids = w.retry.once(lambda q=q: w.broker.reap_worker(q, name))  # type: ignore[misc]
+            back += ids or []
+        w.retry.once(lambda: w.broker.unregister_worker(name))
+        log.warning(
+            "worker %s is gone (%s): %d job(s) back in line%s",
+            name,
+            why,
+            len(back),
+            f" ({', '.join(back)})" if back else "",
+        )

@@ -1,0 +1,148 @@
+"""One execution path for every kind of slot: resolve the allow-listed target, bind its
+params, call it, encode its result, and turn whatever happened into an ``Outcome``.
+
+Thread slots call ``execute`` in the slot thread, process slots in their child process,
+and Prefect mode passes a ``call`` that runs the function as a child flow run. What went
+wrong decides the outcome: an error that no retry can mend (a target outside the allowed
+modules, one that does not exist, params that do not fit its signature, ``NoRetry`` or a
+type the target declared with ``no_retry``) is ``dead`` at once; anything else, even
+``SystemExit`` or ``KeyboardInterrupt`` raised by the target, is a failed attempt that is
+retried while retries are left.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .allowlist import Resolver, TargetNotAllowed, TargetNotFound
+from .errors import NoRetry
+from .records import Claimed, Outcome, OutcomeKind
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+NO_RETRY_ATTR = "__fifoflow_no_retry__"
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """The job a target is running for: ``fifoflow.current_job()`` inside a target."""
+
+    id: str
+    queue: str
+    target: str
+    attempt: int  # 1 for the first attempt, growing with each retry
+    timeout: float | None = None
+
+
+_current: contextvars.ContextVar[JobInfo | None] = contextvars.ContextVar(
+    "fifoflow_current_job", default=None
+)
+
+
+def current_job() -> JobInfo | None:
+    """The job being run, from inside its target (None elsewhere)."""
+    return _current.get()
+
+
+def run_as(job: JobInfo, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` with ``current_job()`` returning ``job``: for calls that run in
+    another context (Prefect mode runs each attempt in a copy of the dispatcher's)."""
+    token = _current.set(job)
+    try:
+        return fn(*args)
+    finally:
+        _current.reset(token)
+
+
+def no_retry(*exc_types: type[BaseException]) -> Callable[[F], F]:
+    """Declare exceptions after which a target's job is dead at once, never retried::
+
+    @fifoflow.no_retry(KeyError, ValidationError)
+    def load(path: str) -> dict: ...
+    """
+
+    def mark(fn: F) -> F:
+        setattr(fn, NO_RETRY_ATTR, exc_types)
+        return fn
+
+    return mark
+
+
+#: How the function is called: ``call(job, fn, kwargs, extra)``; ``extra`` collects fields
+#: to record on the job whatever the outcome (Prefect mode puts the child run's id there).
+Call = Callable[[JobInfo, Callable[..., Any], dict[str, Any], dict[str, str]], Any]
+
+
+def direct_call(
+    job: JobInfo, fn: Callable[..., Any], kwargs: dict[str, Any], extra: dict[str, str]
+) -> Any:
+    return fn(**kwargs)
+
+
+class ParamsMismatch(TypeError):
+    """The job's params do not bind to the target's signature."""
+
+
+class ResultNotJSON(TypeError):
+    """The target returned something that is not JSON."""
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def bind(fn: Callable[..., Any], target: str, kwargs: dict[str, Any]) -> None:
+    """Refuse params that do not fit before the call (a TypeError inside the target is
+    the target's own, and retried)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and the like: let the call decide
+        return
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:
+        raise ParamsMismatch(f"params do not fit {target}{sig}: {e}") from None
+
+
+def encode_result(value: Any, target: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ResultNotJSON(f"{target} returned a value that is not JSON: {e}") from None
+
+
+def _never_retried(fn: Callable[..., Any] | None, exc: BaseException) -> bool:
+    if isinstance(exc, NoRetry | TargetNotAllowed | TargetNotFound | ParamsMismatch):
+        return True
+    for holder in (fn, getattr(fn, "fn", None)):
+        declared = getattr(holder, NO_RETRY_ATTR, ())
+        if declared and isinstance(exc, declared):
+            return True
+    return False
+
+
+def execute(job: Claimed, resolver: Resolver, call: Call = direct_call) -> Outcome:
+    """Run one attempt of ``job``; never raises (a crash of the target is its outcome)."""
+    info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
+    extra: dict[str, str] = {}
+    fn: Callable[..., Any] | None = None
+    token = _current.set(info)
+    try:
+        fn = resolver(job.target)
+        kwargs = json.loads(job.params)
+        bind(fn, job.target, kwargs)
+        value = call(info, fn, kwargs, extra)
+        return Outcome("ok", encode_result(value, job.target), extra=extra)
+    except BaseException as e:
+        kind: OutcomeKind = "dead" if _never_retried(fn, e) else "fail"
+        tb = "" if isinstance(e, TargetNotAllowed) else traceback.format_exc()
+        return Outcome(kind, one_line(e), tb, extra)
+    finally:
+        _current.reset(token)

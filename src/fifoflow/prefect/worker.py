@@ -1,0 +1,277 @@
+"""``PrefectWorker``: the worker as a Prefect parent flow run, every job a child of it.
+
+It keeps the whole worker (greedy slots, report and claim in one round trip, leases,
+timeouts, graceful stop) and changes one thing, how a job's function is called
+(``Worker.call``). Its ``run`` enters a flow run, the *dispatcher* (flow
+``fifoflow-dispatcher``, run ``fifoflow-dispatcher/QUEUES[POOLS]``), and every attempt of
+every job runs as a child flow run of that dispatcher (``children``), with the job's
+params as its parameters.
+
+Slot threads start with empty context variables, so the dispatcher captures its own
+context once (``contextvars.copy_context()``) and each attempt runs in a fresh copy of it:
+the child finds the dispatcher's ``FlowRunContext`` and no ``TaskRunContext``. No task sits
+between the two, which keeps each child's logs and prints on the child's own run (a
+subflow called from inside a task logs onto that task, PrefectHQ/prefect#19449).
+
+A child that ends Failed, Crashed or Cancelled raises, so fifoflow counts the attempt as
+failed and retries it with its own back-off; the child's flow run id travels in the
+attempt's outcome (``extra``) and is stored on the job record whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from uuid import UUID
+
+import prefect
+from prefect import Flow, Task
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.context import FlowRunContext
+from prefect.logging import get_run_logger
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import temporary_settings
+from prefect.states import Crashed
+from prefect.utilities.callables import get_call_parameters
+
+from ..execution import JobInfo, run_as
+from ..records import Claimed, Outcome
+from ..worker import Worker
+from .children import ChildRunFailed, create_child_run, make_child_flow, run_to_state
+from .client import api_client
+from .summary import Summary
+
+log = logging.getLogger("fifoflow.prefect")
+
+#: Flow name of the parent run every worker enters.
+DISPATCHER_FLOW = "fifoflow-dispatcher"
+#: Tags put on every child flow run (and the tasks inside it).
+CHILD_TAG = "fifoflow"
+#: Without PREFECT_API_URL, Prefect starts a local API server, which creates its database
+#: the first time: on a small or busy machine that outlasts Prefect's default of 20 s.
+EPHEMERAL_STARTUP_TIMEOUT = 120
+
+
+@contextlib.contextmanager
+def patient_startup() -> Iterator[None]:
+    """A longer start-up timeout for Prefect's local API, unless the user set one."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        yield
+        return
+    updates = {"server.ephemeral.startup_timeout_seconds": EPHEMERAL_STARTUP_TIMEOUT}
+    with temporary_settings(updates=updates):
+        yield
+
+
+class PrefectWorker(Worker):
+    """A ``Worker`` that runs as a Prefect parent flow, each job a child flow run of it.
+
+    Same constructor as ``Worker``; ``run(burst=False)`` returns like it. Works against
+    any Prefect API: a server (``PREFECT_API_URL``) or, with none set, Prefect's local
+    ephemeral API on the SQLite database in ``PREFECT_HOME``.
+    """
+
+    #: Prefect flow run heartbeats for children. Off: they only matter to detect crashed
+    #: runs of deployments, and in Prefect 3.8/3.9 each run with heartbeats spends up to a
+    #: second joining its heartbeat thread when it ends. The dispatcher keeps its own.
+    child_heartbeats: bool = False
+    #: Jobs kept in the summary artifact (the most recent ones).
+    summary_rows: int = 1000
+    #: Seconds between re-publications of the summary while the worker runs (and at the end).
+    summary_interval: float = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every Prefect API call would be an INFO line of httpx's under a root logger at INFO.
+        httpx_log = logging.getLogger("httpx")
+        if httpx_log.level == logging.NOTSET:
+            httpx_log.setLevel(logging.WARNING)
+        self._parent_ctx: contextvars.Context | None = None
+        self._flows: dict[tuple[str, float | None], tuple[Flow[..., Any], Task[..., Any]]] = {}
+        self._flows_lock = threading.Lock()
+        self._summary = Summary(
+            self.name, list(self.queues), self.summary_rows, self.summary_interval
+        )
+        self._api: SyncPrefectClient | None = None
+        self._active: dict[str, str] = {}  # child flow run id -> job id, while it runs
+        self._active_lock = threading.Lock()
+        #: The dispatcher's flow run id, once ``run`` has entered it.
+        self.flow_run_id: str | None = None
+        #: ``time.monotonic()`` when the dispatcher flow run began (the API was up by then).
+        self.dispatch_started: float | None = None
+
+    @property
+    def run_name(self) -> str:
+        """``fifoflow-dispatcher/QUEUE,...[POOL,...]``: the dispatcher's flow run name."""
+        return f"{DISPATCHER_FLOW}/{','.join(self.queues)}[{','.join(self.pools)}]"
+
+    def summary(self) -> list[dict[str, Any]]:
+        """The rows of the summary artifact: one per job, its latest attempt."""
+        return self._summary.rows()
+
+    # -- the parent flow ----------------------------------------------------------------
+
+    def run(self, burst: bool = False) -> int:
+        """Work as the dispatcher flow run until stopped (or drained, with ``burst``)."""
+        worker = self
+
+        def dispatcher(
+            worker_name: str,
+            queues: list[str],
+            pools: list[str],
+            modules: list[str],
+            concurrency: int,
+            burst: bool,
+        ) -> int:
+            return worker._dispatch_as_flow(burst)
+
+        flow = Flow(
+            fn=dispatcher,
+            name=DISPATCHER_FLOW,
+            flow_run_name=self.run_name,
+            description="A fifoflow worker: each job it runs is a child flow run of this one.",
+            log_prints=True,
+            validate_parameters=False,
+        )
+        with patient_startup():
+            result = flow(
+                worker_name=self.name,
+                queues=list(self.queues),
+                pools=list(self.pools),
+                modules=list(self.modules),
+                concurrency=self.concurrency,
+                burst=burst,
+            )
+        # Logs are sent in batches from a background thread: when run() returns, they are in.
+        with contextlib.suppress(Exception):
+            APILogWorker.drain_all(timeout=5)
+        return int(result)
+
+    def _dispatch_as_flow(self, burst: bool) -> int:
+        ctx = FlowRunContext.get()
+        if ctx is None or ctx.flow_run is None:  # pragma: no cover - Prefect guarantees it
+            raise RuntimeError("the dispatcher flow has no flow run context")
+        self.flow_run_id = str(ctx.flow_run.id)
+        self.dispatch_started = time.monotonic()
+        settings = (
+            contextlib.nullcontext()
+            if self.child_heartbeats
+            else temporary_settings(updates={"flows.heartbeat_frequency": None})
+        )
+        with settings:
+            self._parent_ctx = contextvars.copy_context()
+        with api_client() as self._api:
+            try:
+                return Worker.run(self, burst)
+            finally:
+                self._crash_abandoned()
+                self._summary.publish(final=True)
+                self._parent_ctx = None
+
+    def _crash_abandoned(self) -> None:
+        """Children still running when the worker is done were abandoned (a timeout, or the
+        grace period ran out and their jobs went back in line): say so on their runs, which
+        would otherwise show Running for ever."""
+        with self._active_lock:
+            abandoned = dict(self._active)
+        for run_id, job_id in abandoned.items():
+            self._summary.mark(job_id, run_id, "Crashed")
+            message = (
+                f"abandoned by fifoflow worker {self.name}: job {job_id} timed out or was "
+                "put back in line when the worker stopped"
+            )
+            try:
+                if self._api is not None:
+                    self._api.set_flow_run_state(UUID(run_id), Crashed(message=message), force=True)
+            except Exception as e:
+                log.warning(
+                    "worker %s: could not mark flow run %s crashed: %s", self.name, run_id, e
+                )
+
+    # -- one job, one child flow run ----------------------------------------------------
+
+    def attempt_done(self, job: Claimed, outcome: Outcome, duration: float) -> None:
+        """An attempt refused before any child run existed (params that do not fit, a
+        target that does not exist) still gets its row in the summary."""
+        if "flow_run_id" not in outcome.extra:
+            info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
+            self._summary.note(info, json.loads(job.params), "NotStarted", duration, None)
+
+    def call(
+        self, job: JobInfo, fn: Callable[..., Any], kwargs: dict[str, Any], extra: dict[str, str]
+    ) -> Any:
+        """Run one attempt as a child flow run; its id goes into ``extra``."""
+        parent = self._parent_ctx
+        if parent is None:
+            raise RuntimeError("PrefectWorker runs jobs only inside PrefectWorker.run")
+        # A fresh copy per attempt: a Context cannot be entered by two threads at once.
+        return parent.copy().run(run_as, job, self._run_child, job, fn, kwargs, extra)
+
+    def _run_child(
+        self, job: JobInfo, fn: Callable[..., Any], params: dict[str, Any], extra: dict[str, str]
+    ) -> Any:
+        client = self._api
+        if client is None or self.flow_run_id is None:  # pragma: no cover - set by run()
+            raise RuntimeError("the dispatcher has no API client")
+        child, tracking = self._child_flow(job, fn)
+        started = time.monotonic()
+        tags = [CHILD_TAG, f"fifoflow-queue:{job.queue}"]
+        parameters = get_call_parameters(child.fn, (), params)
+        flow_run = create_child_run(
+            client, self.flow_run_id, job, child, tracking, parameters, tags
+        )
+        run_id = str(flow_run.id)
+        extra["flow_run_id"] = run_id
+        with self._active_lock:
+            self._active[run_id] = job.id
+        self._summary.note(job, params, "Running", 0.0, run_id, final=False)
+        try:
+            with prefect.tags(*tags):
+                state = run_to_state(child, flow_run, parameters)
+        except Exception:
+            self._summary.note(job, params, "Crashed", time.monotonic() - started, run_id)
+            raise
+        finally:
+            with self._active_lock:
+                self._active.pop(run_id, None)
+        duration = time.monotonic() - started
+        self._summary.note(job, params, str(state.name), duration, run_id)
+        self._log_to_dispatcher(job, str(state.name), duration, run_id)
+        if state.is_completed():
+            return state.result()
+        state.result()  # re-raises the child's own exception
+        raise ChildRunFailed(f"child flow run {run_id} ended {state.name}: {state.message}")
+
+    def _child_flow(
+        self, job: JobInfo, fn: Callable[..., Any]
+    ) -> tuple[Flow[..., Any], Task[..., Any]]:
+        timeout = job.timeout
+        key = (job.target, timeout)
+        with self._flows_lock:
+            pair = self._flows.get(key)
+            if pair is None:
+                child = make_child_flow(job.target, fn, timeout)
+                # What Prefect's own subflow call puts in the parent run for a child.
+                tracking = Task(name=child.name, fn=child.fn, version=child.version)
+                pair = self._flows[key] = (child, tracking)
+        return pair
+
+    def _log_to_dispatcher(self, job: JobInfo, state: str, duration: float, run_id: str) -> None:
+        # Back in the dispatcher's context: this line lands on the dispatcher's own run.
+        with contextlib.suppress(Exception):
+            get_run_logger().info(
+                "job %s %s attempt %d: %s in %.2fs (flow run %s)",
+                job.id,
+                job.target,
+                job.attempt,
+                state,
+                duration,
+                run_id,
+            )

@@ -1,0 +1,102 @@
+"""Process slots (``--processes``): each slot runs its jobs in a child process of its own,
+so a job that overruns its timeout (or hangs, or leaks, or crashes its interpreter) is
+stopped by killing that process, and the slot carries on with a fresh one.
+
+Parent and child exchange JSON text only (``send_bytes``), never pickled objects. The
+child runs the same ``execution.execute`` as a thread slot; the parent checks the module
+allow-list before sending, so a disallowed target is never imported anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+
+from .allowlist import Resolver, TargetNotAllowed, check_allowed
+from .execution import execute, one_line
+from .records import Claimed, Outcome
+
+
+def _child_main(conn: Connection, sys_path: list[str], modules: list[str]) -> None:
+    # The parent handles SIGINT/SIGTERM and decides what happens to running jobs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.path[:0] = [p for p in sys_path if p not in sys.path]
+    resolver = Resolver(modules)
+    while True:
+        try:
+            job = Claimed(**json.loads(conn.recv_bytes()))
+        except (EOFError, OSError):
+            return
+        outcome = execute(job, resolver)
+        conn.send_bytes(json.dumps(asdict(outcome)).encode())
+
+
+class ProcessRunner:
+    """One slot's child process, started on first use and replaced after a kill."""
+
+    enforces_timeout = True
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        self._modules = list(modules)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def _ensure(self) -> Connection:
+        if self._proc is None or not self._proc.is_alive() or self._conn is None:
+            self.close()
+            parent, child = self._ctx.Pipe()
+            self._proc = self._ctx.Process(
+                target=_child_main, args=(child, list(sys.path), self._modules), daemon=True
+            )
+            self._proc.start()
+            child.close()
+            self._conn = parent
+        return self._conn
+
+    def run(self, job: Claimed) -> Outcome:
+        """The attempt's outcome; the child is killed if it overruns ``job.timeout``."""
+        try:
+            check_allowed(job.target, self._modules)
+        except TargetNotAllowed as e:
+            return Outcome("dead", one_line(e))
+        conn = self._ensure()
+        try:
+            conn.send_bytes(json.dumps(asdict(job)).encode())
+            if not conn.poll(job.timeout):
+                self.close()
+                return Outcome(
+                    "fail", f"TimeoutError: job exceeded its timeout of {job.timeout:g}s"
+                )
+            reply = json.loads(conn.recv_bytes())
+        except (EOFError, OSError, ValueError):
+            code = self._proc.exitcode if self._proc else None
+            self.close()
+            return Outcome("fail", f"ChildProcessError: the job's process died (exit code {code})")
+        return Outcome(
+            reply["kind"], reply["payload"], reply["traceback"], dict(reply["extra"] or {})
+        )
+
+    def kill(self) -> None:
+        """Kill the child from another thread; the slot thread sees its job's process die."""
+        proc = self._proc
+        if proc is not None and proc.pid is not None and proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop the child at once (its job, if any, is abandoned)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            if self._proc.is_alive() and self._proc.pid is not None:
+                os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.join(5)
+            self._proc = None

@@ -1,0 +1,158 @@
+"""Typed records that cross the broker boundary: what a push, a claim and a report carry,
+and the contract's job object built from a stored hash."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .keys import Field, Status
+
+#: Fields per claimed job in a script's reply: id, target, params, timeout, attempts.
+CLAIM_FIELDS = 5
+
+OutcomeKind = Literal["ok", "fail", "dead"]
+
+
+@dataclass(slots=True, frozen=True)
+class PushSpec:
+    """What every job of one push shares."""
+
+    target: str
+    priority: int = 0
+    pool: str = "default"
+    retries: int = 3
+    timeout: float | None = None
+    delay: float | None = None
+    max_lost: int | None = None
+
+    def args(self) -> list[str]:
+        """In the order of ``push_spec`` in ``_common.lua``."""
+        return [
+            self.target,
+            str(self.priority),
+            self.pool,
+            str(self.retries),
+            "" if self.timeout is None else repr(self.timeout),
+            "" if self.delay is None else repr(self.delay),
+            "" if self.max_lost is None else str(self.max_lost),
+        ]
+
+
+@dataclass(slots=True, frozen=True)
+class Pushed:
+    id: str
+    new: bool  # False: an active job with the same key was returned instead
+    status: str
+
+
+@dataclass(slots=True, frozen=True)
+class ClaimRequest:
+    """Who claims how many jobs from which pools. ``nonce`` (random, chosen by the worker)
+    becomes the fencing token of every job claimed and makes the request idempotent."""
+
+    worker: str
+    n: int
+    pools: Sequence[str]
+    lease: float
+    nonce: str
+    #: Leave a wake token for jobs still ready (the dispatcher's claims after a wake-up).
+    refill: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Claimed:
+    """A job as handed to a worker: enough to run it and to report on it."""
+
+    queue: str
+    id: str
+    token: str
+    target: str
+    params: str  # JSON object text
+    timeout: float | None
+    attempts: int
+
+
+@dataclass(slots=True, frozen=True)
+class Claim:
+    next_event: float  # seconds until something is due (-1: nothing scheduled)
+    jobs: list[Claimed]
+
+
+@dataclass(slots=True, frozen=True)
+class Outcome:
+    """The end of one attempt: ``ok`` with the result's JSON, or ``fail`` (retried while
+    retries are left) / ``dead`` (never retried) with a one-line error."""
+
+    kind: OutcomeKind
+    payload: str
+    traceback: str = ""
+    #: More fields to record on the job (e.g. ``flow_run_id``), whatever the outcome.
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Completion:
+    outcome: str  # succeeded | retry | dead | stale
+    next_event: float
+    claimed: list[Claimed]
+
+
+def parse_claimed(queue: str, token: str, flat: Sequence[str]) -> list[Claimed]:
+    return [
+        Claimed(
+            queue=queue,
+            id=flat[i],
+            token=token,
+            target=flat[i + 1],
+            params=flat[i + 2],
+            timeout=float(flat[i + 3]) if flat[i + 3] else None,
+            attempts=int(flat[i + 4]),
+        )
+        for i in range(0, len(flat), CLAIM_FIELDS)
+    ]
+
+
+def _load_json(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    return json.loads(text)
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text else None
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text else None
+
+
+def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
+    """The contract's job object from a stored hash (plus a few extra fields)."""
+    status = raw.get(Field.STATUS, Status.QUEUED)
+    return {
+        "id": job_id,
+        "queue": queue,
+        "target": raw.get(Field.TARGET),
+        "params": _load_json(raw.get(Field.PARAMS)),
+        "priority": int(raw.get(Field.PRIORITY, 0)),
+        "pool": raw.get(Field.POOL, "default"),
+        "key": raw.get(Field.KEY) or None,
+        "retries": int(raw.get(Field.RETRIES, 0)),
+        "timeout": _float(raw.get(Field.TIMEOUT)),
+        "status": status,
+        "attempts": int(raw.get(Field.ATTEMPTS, 0)),
+        "created_at": _float(raw.get(Field.CREATED_AT)),
+        "started_at": _float(raw.get(Field.STARTED_AT)),
+        "finished_at": _float(raw.get(Field.FINISHED_AT)),
+        "worker": raw.get(Field.WORKER) or None,
+        "result": _load_json(raw.get(Field.RESULT)),
+        "error": raw.get(Field.ERROR) or None,
+        "due_at": _float(raw.get(Field.DUE_AT)) if status == Status.DELAYED else None,
+        "lost": int(raw.get(Field.LOST, 0)),
+        "max_lost": _int(raw.get(Field.MAX_LOST)),
+        "claim_seq": _int(raw.get(Field.CLAIM_SEQ)),
+        "flow_run_id": raw.get(Field.FLOW_RUN_ID) or None,
+    }

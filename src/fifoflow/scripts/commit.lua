@@ -1,0 +1,66 @@
+-- commit.lua: make every job staged by one push visible at once, or none of them.
+-- KEYS[1]  queue prefix "ff:{QUEUE}:"
+-- ARGV[1]  push id (see stage.lua)
+-- ARGV[2..8] the push spec (see push.lua; the same as each stage.lua call)
+-- ARGV[9]  '1' if any job of the push has a de-duplication key
+-- Returns  {'OK', id1, new1, status1, ...} in push order (as push.lua)
+--       or {'FULL', pending, max_length, adding}   (nothing added; the staged jobs are gone)
+--       or {'GONE'}  (nothing staged under that id: it expired)
+local P = KEYS[1]
+local push_id = ARGV[1]
+local spec = push_spec(ARGV, 2)
+local keyed = ARGV[9] == '1'
+local list = P .. K.stage .. push_id
+
+local prior = replayed(P, push_id)
+if prior then return prior end
+local now = now_s()
+local staged = redis.call('LRANGE', list, 0, -1)
+if #staged == 0 then return {'GONE'} end
+
+-- De-duplication, as push.lua does it; a staged job that loses is deleted.
+local final, new, keys_by_id, by_key = {}, {}, {}, {}
+local visible = {}
+for j, id in ipairs(staged) do
+  local key = keyed and redis.call('HGET', job_key(P, id), F.key) or false
+  local winner = key and (by_key[key] or holder(P, key))
+  if winner then
+    final[j], new[j] = winner, false
+  else
+    final[j], new[j] = id, true
+    visible[#visible + 1] = id
+    if key then
+      by_key[key] = id
+      keys_by_id[id] = key
+    end
+  end
+end
+
+local function drop(ids)
+  for _, id in ipairs(ids) do redis.call('DEL', job_key(P, id)) end
+  redis.call('DEL', list)
+  redis.call('ZREM', P .. K.staging, push_id)
+end
+
+local max_length = tonumber(redis.call('HGET', P .. K.meta, 'max_length') or '')
+if max_length and #visible > 0 then
+  local waiting = pending(P)
+  if waiting + #visible > max_length then
+    drop(staged)
+    return {'FULL', tostring(waiting), tostring(max_length), tostring(#visible)}
+  end
+end
+
+local losers = {}
+for j, id in ipairs(staged) do
+  if not new[j] then losers[#losers + 1] = id end
+end
+drop(losers)
+local status = publish(P, visible, keys_by_id, spec, now)
+local out = {'OK'}
+for j, id in ipairs(final) do
+  out[#out + 1] = id
+  out[#out + 1] = new[j] and '1' or '0'
+  out[#out + 1] = new[j] and status or (redis.call('HGET', job_key(P, id), F.status) or status)
+end
+return remember(P, push_id, out)

@@ -1,0 +1,105 @@
+"""Input checks shared by the Python API and the CLI: everything is refused before anything
+is sent, so bad input never reaches, or half-changes, a queue."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from . import keys
+from .errors import UsageError
+
+TARGET_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
+MAX_KEY_LENGTH = 512
+
+
+def validate_target(target: object) -> str:
+    if not isinstance(target, str) or not TARGET_RE.match(target):
+        raise UsageError(f"invalid target {target!r}: expected 'package.module:function'")
+    return target
+
+
+def validate_module(module: object) -> str:
+    if not isinstance(module, str) or not TARGET_RE.match(f"{module}:x"):
+        raise UsageError(f"invalid module name {module!r}")
+    return module
+
+
+def validate_name(kind: str, name: object) -> str:
+    if not isinstance(name, str) or not keys.valid_name(name):
+        raise UsageError(f"invalid {kind} name {name!r}: use 1-64 letters, digits, '_', '-' or '.'")
+    return name
+
+
+def validate_key(key: object) -> str | None:
+    """A de-duplication key: a non-empty string the server can store (valid UTF-8)."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise UsageError(f"key must be a non-empty string of at most {MAX_KEY_LENGTH} chars")
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"key {key!r} is not valid text (it holds a lone surrogate)") from None
+    return key
+
+
+def encode_params(params: object, max_bytes: int) -> str:
+    """JSON object text of ``params``; never pickle. TypeError/ValueError name the problem."""
+    if params is None:
+        return "{}"
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a JSON object (a dict), not {type(params).__name__}")
+    if not all(isinstance(k, str) for k in params):
+        raise TypeError("params keys must be strings (they become keyword arguments)")
+    try:
+        text = json.dumps(params, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise ValueError("params are not valid text (they hold a lone surrogate)") from None
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"params are not JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("params are not JSON: nested too deeply") from None
+    _check_keys(params)
+    if size > max_bytes:
+        raise UsageError(f"params are {size} bytes of JSON; the limit is {max_bytes}")
+    return text
+
+
+def _check_keys(params: Mapping[str, Any]) -> None:
+    """JSON would silently turn nested non-string keys into strings ({1: 2} -> {"1": 2}),
+    so the target would get other params than were pushed: refuse them. Runs after a
+    successful dump, so the structure is finite and acyclic."""
+    stack: list[object] = list(params.values())
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            if not all(isinstance(k, str) for k in value):
+                raise TypeError("params keys must be strings at every level, as JSON has them")
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+
+
+def integer(name: str, value: object, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise UsageError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def seconds(name: str, value: object, *, allow_zero: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
