@@ -52,6 +52,17 @@ RESENDS = (0.05, 0.25, 1.0)
 LOST = (redis.ConnectionError, redis.TimeoutError)
 
 
+def is_oom(e: redis.ResponseError) -> bool:
+    return isinstance(e, redis.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in str(e)
+
+
+def out_of_memory(what: str) -> str:
+    return (
+        f"the server is out of memory (used memory > maxmemory, policy noeviction): {what} "
+        "refused, nothing changed; free memory or raise maxmemory, then retry"
+    )
+
+
 def nonce() -> str:
     """64 random bits: a fencing token no other claim, on any worker, will have."""
     return secrets.token_hex(8)
@@ -89,6 +100,7 @@ class Broker(BrokerReads):
         self.client = client
         self.settings = settings or get_settings()
         self.policy = Policy.from_settings(self.settings, max_lost)
+        self._registered: set[str] = set()
 
     @classmethod
     def connect(
@@ -139,10 +151,8 @@ class Broker(BrokerReads):
         key = keys.prefix(queue)
         for pause in (*RESENDS, None):
             try:
-                if conn is not None:
-                    return scripts.run(conn, name, key, args, before=before)
-                with self.connection() as own:
-                    return scripts.run(own, name, key, args, before=before)
+                with self.connection() if conn is None else contextlib.nullcontext(conn) as c:
+                    return scripts.run(c, name, key, args, before=before)
             except LOST:
                 if conn is not None:
                     conn.disconnect()  # type: ignore[no-untyped-call]
@@ -150,11 +160,8 @@ class Broker(BrokerReads):
                     raise
                 time.sleep(pause)
             except redis.ResponseError as e:
-                if "OOM command not allowed" in str(e):
-                    raise ServerOutOfMemory(
-                        f"the server is out of memory (maxmemory reached, policy noeviction): "
-                        f"{name} refused, nothing changed"
-                    ) from None
+                if is_oom(e):
+                    raise ServerOutOfMemory(out_of_memory(name)) from None
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -187,7 +194,7 @@ class Broker(BrokerReads):
         pairs: list[str] = []
         for p, k in zip(params, job_keys, strict=True):
             pairs += [p, k or ""]
-        self.client.sadd(keys.QUEUES, queue)
+        self._register_queue(queue)
         suffix = keys.id_suffix(queue)
         if len(params) <= BATCH:
             _, reply = self._script("push", queue, [nonce(), suffix, *spec.args(), *pairs])
@@ -205,6 +212,18 @@ class Broker(BrokerReads):
         if reply[0] == "GONE":
             raise UsageError("the push was staged for over an hour and expired; push again")
         return self._pushed(queue, reply)
+
+    def _register_queue(self, queue: str) -> None:
+        """``ff:queues`` lists every queue (for ``status``); added to once per broker."""
+        if queue in self._registered:
+            return
+        try:
+            self.client.sadd(keys.QUEUES, queue)
+        except redis.ResponseError as e:
+            if is_oom(e):
+                raise ServerOutOfMemory(out_of_memory("push")) from None
+            raise
+        self._registered.add(queue)
 
     def _pushed(self, queue: str, reply: Sequence[str]) -> list[Pushed]:
         if reply[0] == "FULL":

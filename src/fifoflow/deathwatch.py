@@ -94,7 +94,8 @@ class DeathWatch:
             ids = w.retry.once(lambda q=q: w.broker.reap_worker(q, name))  # type: ignore[misc]
             back += ids or []
         w.retry.once(lambda: w.broker.unregister_worker(name))
-        log.warning(
+        log.log(
+            logging.WARNING if back else logging.INFO,
             "worker %s is gone (%s): %d job(s) back in line%s",
             name,
             why,

@@ -108,7 +108,20 @@ def bind(fn: Callable[..., Any], target: str, kwargs: dict[str, Any]) -> None:
     try:
         sig.bind(**kwargs)
     except TypeError as e:
-        raise ParamsMismatch(f"params do not fit {target}{sig}: {e}") from None
+        params = sig.parameters
+        kinds = inspect.Parameter
+        named = {
+            n
+            for n, p in params.items()
+            if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+        }
+        takes_any = any(p.kind == kinds.VAR_KEYWORD for p in params.values())
+        unexpected = [] if takes_any else sorted(k for k in kwargs if k not in named)
+        missing = [n for n in named if params[n].default is kinds.empty and n not in kwargs]
+        parts = [f"unexpected {', '.join(map(repr, unexpected))}"] if unexpected else []
+        parts += [f"missing {', '.join(map(repr, missing))}"] if missing else []
+        detail = "; ".join(parts) or str(e)
+        raise ParamsMismatch(f"params do not fit {target}({', '.join(params)}): {detail}") from None
 
 
 def encode_result(value: Any, target: str) -> str:

@@ -1,0 +1,78 @@
+"""The codebase keeps its shape: one definition of the schema, one script path, readable
+scripts, small modules, and an architecture page that names what exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fifoflow import keys, scripts
+from fifoflow.keys import Field, Status
+
+SRC = Path(__file__).parent.parent / "src" / "fifoflow"
+LUA = SRC / "scripts"
+DOC = Path(__file__).parent.parent / "docs" / "architecture.md"
+MAX_LINES = 350
+
+
+def test_lua_schema_is_generated_from_the_python_enums() -> None:
+    assert (LUA / "_schema.lua").read_text() == keys.lua_schema(), (
+        "scripts/_schema.lua is stale: python -m fifoflow.keys > src/fifoflow/scripts/_schema.lua"
+    )
+
+
+def test_scripts_name_statuses_and_fields_only_through_the_schema() -> None:
+    names = {s.value for s in Status} | {f.value for f in Field}
+    for path in LUA.glob("*.lua"):
+        if path.name == "_schema.lua":
+            continue
+        literals = set(re.findall(r"'([^'\n]*)'", path.read_text()))
+        assert not literals & names, f"{path.name} spells {literals & names} literally"
+
+
+def test_every_script_has_a_header_naming_its_keys_and_args() -> None:
+    for name in scripts.NAMES:
+        text = (LUA / f"{name}.lua").read_text()
+        assert text.startswith(f"-- {name}.lua: "), name
+        header = text.split("\nlocal ", 1)[0]
+        assert "KEYS[1]" in header and "Returns" in header, name
+        if "ARGV" in text.split(header, 1)[1]:
+            assert "ARGV" in header, name
+        # One key per script: every key it touches derives from the queue's prefix.
+        assert not re.search(r"KEYS\[[2-9]\]", text), name
+
+
+def test_every_script_loads_and_has_a_sha() -> None:
+    for name in scripts.NAMES:
+        s = scripts.script(name)
+        assert len(s.sha) == 40 and "local S = {" in s.source
+
+
+def test_exactly_one_place_calls_a_script() -> None:
+    calls = []
+    for path in SRC.rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"scripts\.run\(|\"EVALSHA\"|evalsha\(|\.eval\(|script_load\(", line):
+                calls.append(f"{path.relative_to(SRC)}:{n}")
+    # scripts.run sends EVALSHA (its one line), and the broker's _script is its one caller.
+    assert len(calls) == 2, calls
+    assert any(c.startswith("scripts.py:") for c in calls), calls
+    assert any(c.startswith("broker.py:") for c in calls), calls
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    sizes = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in SRC.rglob("*.py")}
+    big = {name: n for name, n in sizes.items() if n > MAX_LINES}
+    assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+def test_architecture_page_names_every_module_and_only_real_ones() -> None:
+    text = DOC.read_text()
+    named = set(re.findall(r"`([a-z_/]+\.(?:py|lua))`", text))
+    modules = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p.name != "__main__.py"}
+    modules = {m.replace("/__init__.py", "/") if m.endswith("/__init__.py") else m for m in modules}
+    lua = {f"scripts/{p.name}" for p in LUA.glob("*.lua")} | {p.name for p in LUA.glob("*.lua")}
+    unknown = {n for n in named if n not in modules and n not in lua and f"scripts/{n}" not in lua}
+    assert not unknown, f"docs/architecture.md names files that do not exist: {sorted(unknown)}"
+    missing = {m for m in modules if m.endswith(".py") and m not in named}
+    assert not missing, f"docs/architecture.md does not mention: {sorted(missing)}"
