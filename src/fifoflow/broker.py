@@ -8,7 +8,7 @@ typed records (``records.py``); neither ``Queue`` nor the worker builds a comman
 Pushes, claims and reports carry a nonce (claims: the fencing token), so a call whose
 reply was lost (a connection error or a socket timeout) is simply sent again: the server
 recognises it and answers as the first time, without doing it twice. Reads (counts,
-records, the worker registry) live in ``BrokerReads``.
+records) live in ``BrokerReads``, the worker registry in ``WorkerRegistry``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from .records import (
     PushSpec,
     parse_claimed,
 )
+from .registry import WorkerRegistry
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class Policy:
         )
 
 
-class Broker(BrokerReads):
+class Broker(BrokerReads, WorkerRegistry):
     """State changes and reads of every queue on one server. Thread-safe."""
 
     def __init__(
@@ -341,31 +342,3 @@ class Broker(BrokerReads):
 
     def purge_dead(self, queue: str) -> int:
         return int(self._script("purge", queue, [])[1])
-
-    # -- workers ---------------------------------------------------------------------------
-
-    def register_worker(self, info: Mapping[str, Any], ttl: float) -> None:
-        """A live worker: a hash with an expiry, refreshed by its heartbeat."""
-        name = str(info["name"])
-        fields = {k: json.dumps(v) for k, v in info.items()}
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(keys.worker(name), mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(keys.worker(name), max(1, int(ttl)))
-        pipe.zadd(keys.WORKERS, {name: time.time()})
-        pipe.execute()
-
-    def unregister_worker(self, name: str) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.delete(keys.worker(name))
-        pipe.zrem(keys.WORKERS, name)
-        pipe.execute()
-
-    def watch_lock(self, name: str, ttl: float) -> bool:
-        """True while ``name`` holds the watcher's lock (taken, or renewed, for ``ttl``)."""
-        ms = max(1, int(ttl * 1000))
-        if self.client.set(keys.WATCHER, name, px=ms, nx=True):
-            return True
-        if self.client.get(keys.WATCHER) == name:
-            self.client.pexpire(keys.WATCHER, ms)
-            return True
-        return False

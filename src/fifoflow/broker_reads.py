@@ -3,7 +3,6 @@ commands (no script): each is idempotent, and each is bounded by what it is aske
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -98,39 +97,3 @@ class BrokerReads:
         for z in sets:
             pipe.zrange(z, 0, -1)
         return sorted({i for ids in pipe.execute() for i in ids})
-
-    # -- workers -------------------------------------------------------------------------
-
-    def live_workers(self) -> list[dict[str, Any]]:
-        """Workers whose registration has not expired; forgets the ones that did."""
-        names = [str(n) for n in self.client.zrange(keys.WORKERS, 0, -1)]
-        pipe = self.client.pipeline(transaction=False)
-        for n in names:
-            pipe.hgetall(keys.worker(n))
-        out: list[dict[str, Any]] = []
-        gone: list[str] = []
-        for n, raw in zip(names, pipe.execute(), strict=True):
-            if raw:
-                out.append({k: json.loads(v) for k, v in raw.items()})
-            else:
-                gone.append(n)
-        if gone:
-            self.client.zrem(keys.WORKERS, *gone)
-        return out
-
-    def connected_workers(self) -> set[str] | None:
-        """Names of the workers with at least one open connection, from ``CLIENT LIST``;
-        None where the server refuses the command (some managed services do)."""
-        try:
-            clients = self.client.client_list()
-        except redis.ResponseError:
-            return None
-        prefix = keys.CONNECTION_NAME_PREFIX
-        return {
-            str(c["name"])[len(prefix) :]
-            for c in clients
-            if str(c.get("name", "")).startswith(prefix)
-        }
-
-    def server_uptime(self) -> float:
-        return float(self.client.info("server").get("uptime_in_seconds", 0))
