@@ -15,17 +15,34 @@ DOC = Path(__file__).parent.parent / "docs" / "architecture.md"
 MAX_LINES = 350
 
 
-def test_lua_schema_is_generated_from_the_python_enums() -> None:
-    assert (LUA / "_schema.lua").read_text() == keys.lua_schema(), (
-        "scripts/_schema.lua is stale: python -m fifoflow.keys > src/fifoflow/scripts/_schema.lua"
+def test_lua_constants_come_from_the_python_enums() -> None:
+    for name in scripts.NAMES:
+        source = scripts.script(name).source
+        # Every S./F./K. name was replaced by its value; none is left to resolve at run time.
+        assert not scripts.CONSTANT_RE.search(source), name
+    # A name the enums lack fails the load, with the name in the message.
+    try:
+        scripts.link("return F.no_such_field", "")
+    except scripts.ScriptError as e:
+        assert "NO_SUCH_FIELD" in str(e)
+    else:
+        raise AssertionError("an unknown constant was accepted")
+    assert scripts.link("return {S.dead, F.claim_seq, K.ready}", "") == (
+        f"return {{'{Status.DEAD.value}', '{Field.CLAIM_SEQ.value}', '{keys.Key.READY.value}'}}"
     )
+
+
+def test_scripts_link_only_the_helpers_they_use() -> None:
+    purge = scripts.script("purge").source
+    assert "local function claim(" not in purge and "local function job_key(" in purge
+    complete = scripts.script("complete").source
+    for helper in ("claim", "finish", "schedule", "housekeep", "lose"):
+        assert f"local function {helper}(" in complete, helper
 
 
 def test_scripts_name_statuses_and_fields_only_through_the_schema() -> None:
     names = {s.value for s in Status} | {f.value for f in Field}
     for path in LUA.glob("*.lua"):
-        if path.name == "_schema.lua":
-            continue
         code = re.sub(r"--[^\n]*", "", path.read_text())  # comments may name them
         literals = set(re.findall(r"'([^'\n]*)'", code))
         assert not literals & names, f"{path.name} spells {literals & names} literally"
@@ -46,7 +63,7 @@ def test_every_script_has_a_header_naming_its_keys_and_args() -> None:
 def test_every_script_loads_and_has_a_sha() -> None:
     for name in scripts.NAMES:
         s = scripts.script(name)
-        assert len(s.sha) == 40 and "local S = {" in s.source
+        assert len(s.sha) == 40 and f"-- {name}.lua: " in s.source
 
 
 def test_exactly_one_place_calls_a_script() -> None:

@@ -126,7 +126,7 @@ def test_job_ids_sort_by_creation(queue: Queue) -> None:
 
 
 def test_ids_increase_across_batches(queue: Queue) -> None:
-    from fifoflow.broker import BATCH
+    from fifoflow.broker_push import BATCH
 
     jobs = queue.push_many(T, [{"x": i} for i in range(BATCH + 7)])
     ids = [j.id for j in jobs]

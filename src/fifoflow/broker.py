@@ -8,7 +8,8 @@ typed records (``records.py``); neither ``Queue`` nor the worker builds a comman
 Pushes, claims and reports carry a nonce (claims: the fencing token), so a call whose
 reply was lost (a connection error or a socket timeout) is simply sent again: the server
 recognises it and answers as the first time, without doing it twice. Reads (counts,
-records) live in ``BrokerReads``, the worker registry in ``WorkerRegistry``.
+records) live in ``BrokerReads``, pushes in ``Producing``, the worker registry in
+``WorkerRegistry``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import json
 import logging
 import random
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,18 +26,17 @@ from typing import Any
 import redis
 
 from . import keys, scripts
+from .broker_push import Producing
 from .broker_reads import BrokerReads
 from .connection import connect
-from .errors import QueueFull, ServerOutOfMemory, UsageError
-from .keys import Key
+from .errors import ServerOutOfMemory, is_oom, out_of_memory
 from .records import (
     Claim,
     Claimed,
     ClaimRequest,
     Completion,
     Outcome,
-    Pushed,
-    PushSpec,
+    nonce,
     parse_claimed,
 )
 from .registry import WorkerRegistry
@@ -45,28 +44,10 @@ from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-#: Jobs per script call of a push; a push of more is staged and committed at once.
-BATCH = 5000
 #: Re-sends of a call whose reply may have been lost, and the pause before each.
 RESENDS = (0.05, 0.25, 1.0)
 #: A connection error or timeout: the call may or may not have run.
 LOST = (redis.ConnectionError, redis.TimeoutError)
-
-
-def is_oom(e: redis.ResponseError) -> bool:
-    return isinstance(e, redis.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in str(e)
-
-
-def out_of_memory(what: str) -> str:
-    return (
-        f"the server is out of memory (used memory > maxmemory, policy noeviction): {what} "
-        "refused, nothing changed; free memory or raise maxmemory, then retry"
-    )
-
-
-def nonce() -> str:
-    """64 random bits: a fencing token no other claim, on any worker, will have."""
-    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +69,7 @@ class Policy:
         )
 
 
-class Broker(BrokerReads, WorkerRegistry):
+class Broker(Producing, BrokerReads, WorkerRegistry):
     """State changes and reads of every queue on one server. Thread-safe."""
 
     def __init__(
@@ -146,11 +127,18 @@ class Broker(BrokerReads, WorkerRegistry):
         *,
         conn: redis.Connection | None = None,
         before: Sequence[Sequence[Any]] = (),
+        resend_at: int | None = None,
+        resent: bool = False,
     ) -> tuple[list[Any], Any]:
         """Run a script, re-sending it if its reply may have been lost (every script is
-        idempotent, see the module docstring; ``before`` commands are never re-sent)."""
+        idempotent, see the module docstring; ``before`` commands are never re-sent).
+        ``args[resend_at]`` is set to '1' on a re-send (here, or by a caller that already
+        sent it: ``resent``): the script then looks for what the first send did, so the
+        common path pays nothing for it."""
         key = keys.prefix(queue)
-        for pause in (*RESENDS, None):
+        for sent, pause in enumerate((*RESENDS, None)):
+            if (sent or resent) and resend_at is not None:
+                args = [*args[:resend_at], "1", *args[resend_at + 1 :]]
             try:
                 with self.connection() if conn is None else contextlib.nullcontext(conn) as c:
                     return scripts.run(c, name, key, args, before=before)
@@ -166,6 +154,9 @@ class Broker(BrokerReads, WorkerRegistry):
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    #: Where the resend flag sits in a claim request.
+    CLAIM_RESEND = 7
+
     def _claim_args(self, req: ClaimRequest) -> list[Any]:
         """The claim request as ``claim_request`` in ``_common.lua`` reads it."""
         p = self.policy
@@ -177,74 +168,26 @@ class Broker(BrokerReads, WorkerRegistry):
             p.max_lost,
             p.ttl,
             "1" if req.refill else "0",
+            "0",  # resend: set by _script on a re-send
             *req.pools,
         ]
-
-    # -- producing -------------------------------------------------------------------------
-
-    def push(
-        self,
-        queue: str,
-        spec: PushSpec,
-        params: Sequence[str],
-        job_keys: Sequence[str | None],
-        on_batch: Any = None,
-    ) -> list[Pushed]:
-        """Add jobs (params: JSON texts), all or none. Up to ``BATCH`` jobs are one script
-        call; more are staged batch by batch, invisible, and committed in one call."""
-        pairs: list[str] = []
-        for p, k in zip(params, job_keys, strict=True):
-            pairs += [p, k or ""]
-        self._register_queue(queue)
-        suffix = keys.id_suffix(queue)
-        if len(params) <= BATCH:
-            _, reply = self._script("push", queue, [nonce(), suffix, *spec.args(), *pairs])
-            if on_batch is not None:
-                on_batch(len(params))
-            return self._pushed(queue, reply)
-        push_id = nonce()
-        for batch, start in enumerate(range(0, len(pairs), 2 * BATCH)):
-            chunk = pairs[start : start + 2 * BATCH]
-            self._script("stage", queue, [push_id, batch, suffix, *spec.args(), *chunk])
-            if on_batch is not None:
-                on_batch(len(chunk) // 2)
-        keyed = "1" if any(job_keys) else "0"
-        _, reply = self._script("commit", queue, [push_id, *spec.args(), keyed])
-        if reply[0] == "GONE":
-            raise UsageError("the push was staged for over an hour and expired; push again")
-        return self._pushed(queue, reply)
-
-    def _register_queue(self, queue: str) -> None:
-        """``ff:queues`` lists every queue (for ``status``); added to once per broker."""
-        if queue in self._registered:
-            return
-        try:
-            self.client.sadd(keys.QUEUES, queue)
-        except redis.ResponseError as e:
-            if is_oom(e):
-                raise ServerOutOfMemory(out_of_memory("push")) from None
-            raise
-        self._registered.add(queue)
-
-    def _pushed(self, queue: str, reply: Sequence[str]) -> list[Pushed]:
-        if reply[0] == "FULL":
-            raise QueueFull(queue, int(reply[1]), int(reply[2]), int(reply[3]))
-        return [
-            Pushed(reply[i], reply[i + 1] == "1", reply[i + 2]) for i in range(1, len(reply), 3)
-        ]
-
-    def set_max_length(self, queue: str, max_length: int | None) -> None:
-        if max_length is None:
-            self.client.hdel(keys.queue_key(queue, Key.META), "max_length")
-        else:
-            self.client.hset(keys.queue_key(queue, Key.META), "max_length", str(max_length))
 
     # -- working ------------------------------------------------------------------------------
 
     def claim(
-        self, queue: str, req: ClaimRequest, *, conn: redis.Connection | None = None
+        self,
+        queue: str,
+        req: ClaimRequest,
+        *,
+        conn: redis.Connection | None = None,
+        resent: bool = False,
     ) -> Claim:
-        _, reply = self._script("claim", queue, self._claim_args(req), conn=conn)
+        """Claim up to ``req.n`` jobs. ``resent``: this request may have run already (an
+        earlier send failed): it returns what that one took, if anything."""
+        args = self._claim_args(req)
+        _, reply = self._script(
+            "claim", queue, args, conn=conn, resend_at=self.CLAIM_RESEND, resent=resent
+        )
         return Claim(float(reply[0]), parse_claimed(queue, req.nonce, reply[1:]))
 
     def wait_and_claim(
@@ -276,6 +219,7 @@ class Broker(BrokerReads, WorkerRegistry):
         next_claim: ClaimRequest | None = None,
         *,
         conn: redis.Connection | None = None,
+        resent: bool = False,
     ) -> Completion:
         """Record one attempt's outcome and, with ``next_claim``, claim the slot's next
         job in the same call. A report without the job's current token is refused
@@ -295,7 +239,10 @@ class Broker(BrokerReads, WorkerRegistry):
             jitter,
             *self._claim_args(req),
         ]
-        _, reply = self._script("complete", job.queue, args, conn=conn)
+        resend_at = len(args) - len(req.pools) - 1
+        _, reply = self._script(
+            "complete", job.queue, args, conn=conn, resend_at=resend_at, resent=resent
+        )
         return Completion(reply[0], float(reply[1]), parse_claimed(job.queue, req.nonce, reply[2:]))
 
     def extend(self, queue: str, jobs: Sequence[Claimed], lease: float) -> list[str]:

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from . import keys
-from .broker import nonce
-from .records import Claim, Claimed, ClaimRequest
+from .records import Claim, Claimed, ClaimRequest, nonce
 from .resilience import RETRYABLE, Stopping
 
 if TYPE_CHECKING:
@@ -75,7 +74,8 @@ class Dispatcher:
             # then still fit.
             got, woken = woken, []
             soonest = self.max_block
-            claimed_from: set[str] = set()
+            # The claim pipelined behind the wait was the first queue's.
+            claimed_from = {w.queues[0]} if popped is not None else set()
             for q in w.queues:
                 if len(got) >= want:
                     break
@@ -98,9 +98,17 @@ class Dispatcher:
                     min(soonest, 1.0) if burst else soonest, want - len(got)
                 )
 
-    def _claim(self, queue: str, req: ClaimRequest) -> Claim:
+    def _claim(self, queue: str, req: ClaimRequest, resent: bool = False) -> Claim:
+        """The claim, retried until it lands; each retry says so (it may have run)."""
+        sends = int(resent)
+
+        def claim() -> Claim:
+            nonlocal sends
+            sends += 1
+            return self.w.broker.claim(queue, req, resent=sends > 1)
+
         try:
-            return self.w.retry(lambda: self.w.broker.claim(queue, req))
+            return self.w.retry(claim)
         except Stopping:
             return Claim(-1, [])
 
@@ -125,7 +133,7 @@ class Dispatcher:
                 claim = Claim(-1, [])
             else:
                 w.health.failed(e)
-                claim = self._claim(q, req)
+                claim = self._claim(q, req, resent=True)
         if claim.jobs and w.stopping.is_set():
             w.give_back(claim.jobs)
             return None, []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 
 class FifoflowError(Exception):
     """Base class: an operation failed (CLI exit code 1)."""
@@ -60,3 +62,15 @@ class ServerOutOfMemory(FifoflowError):
 
 class NoRetry(Exception):
     """Raised by a target (or subclassed): the job is dead at once, never retried."""
+
+
+def is_oom(e: redis.ResponseError) -> bool:
+    """The server refused a write: it is at maxmemory (policy noeviction)."""
+    return isinstance(e, redis.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in str(e)
+
+
+def out_of_memory(what: str) -> str:
+    return (
+        f"the server is out of memory (used memory > maxmemory, policy noeviction): {what} "
+        "refused, nothing changed; free memory or raise maxmemory, then retry"
+    )

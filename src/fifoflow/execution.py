@@ -13,6 +13,7 @@ retried while retries are left.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import json
 import traceback
@@ -98,12 +99,19 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
 def bind(fn: Callable[..., Any], target: str, kwargs: dict[str, Any]) -> None:
     """Refuse params that do not fit before the call (a TypeError inside the target is
     the target's own, and retried)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # builtins and the like: let the call decide
+    sig = _signature(fn)
+    if sig is None:  # builtins and the like: let the call decide
         return
     try:
         sig.bind(**kwargs)

@@ -2,15 +2,14 @@
 
 Every key of one queue starts with ``ff:{QUEUE}:`` so all of them hash to one slot (the
 ``{QUEUE}`` hash tag) and a Lua script can touch any of them, on a single server or on
-Redis Cluster. The scripts get the same names from ``scripts/_schema.lua``, which is
-generated from this module (``python -m fifoflow.keys``) and checked by a test.
+Redis Cluster. The scripts say ``S.queued``, ``F.status``, ``K.ready``: ``scripts.py``
+replaces each with its value from the enums below when it loads them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from enum import StrEnum
 
 #: Queue and pool names: printable, no braces (they would break the hash tag), no colons.
@@ -125,24 +124,3 @@ def worker(name: str) -> str:
 def id_suffix(queue: str) -> str:
     """Four hex digits of the queue name, appended to job ids so ids are unique across queues."""
     return hashlib.sha1(queue.encode()).hexdigest()[:4]
-
-
-def lua_schema() -> str:
-    """The text of ``scripts/_schema.lua``: the enums above as Lua tables S, F and K."""
-
-    def table(name: str, enum: type[StrEnum]) -> str:
-        rows = "".join(f"  {m.name.lower()} = '{m.value}',\n" for m in enum)
-        return f"local {name} = {{\n{rows}}}\n"
-
-    return (
-        "-- _schema.lua: GENERATED from src/fifoflow/keys.py by `python -m fifoflow.keys`;\n"
-        "-- do not edit (tests/test_architecture.py checks that it matches).\n"
-        "-- S: job statuses, F: job hash fields, K: key suffixes after the prefix 'ff:{Q}:'.\n"
-        + table("S", Status)
-        + table("F", Field)
-        + table("K", Key)
-    )
-
-
-if __name__ == "__main__":  # pragma: no cover - a developer's tool
-    sys.stdout.write(lua_schema())

@@ -4,11 +4,22 @@ and the contract's job object built from a stored hash."""
 from __future__ import annotations
 
 import json
+import os
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .keys import Field, Status
+
+#: Seeded from the OS once per process: a nonce per claim would otherwise cost a syscall.
+_random = random.Random(int.from_bytes(os.urandom(32), "big"))
+
+
+def nonce() -> str:
+    """64 random bits: a fencing token no other claim, on any worker, will have."""
+    return f"{_random.getrandbits(64):016x}"
+
 
 #: Fields per claimed job in a script's reply: id, target, params, timeout, attempts.
 CLAIM_FIELDS = 5
@@ -62,7 +73,7 @@ class ClaimRequest:
     refill: bool = False
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Claimed:
     """A job as handed to a worker: enough to run it and to report on it."""
 

@@ -1,22 +1,31 @@
 """The Lua scripts, and ``run``: the one function in fifoflow that calls one.
 
-A script's text is ``_schema.lua`` (generated from ``keys.py``), then ``_common.lua``, then
-its own file. It is loaded into the server on first use and called by SHA; a ``NOSCRIPT``
-answer (first use, or a server restart that emptied the script cache) loads it and sends
-the call again, once. Only the broker calls ``run``.
+A script is its own file, linked at load time: the helpers of ``_common.lua`` that it uses
+(directly or through each other) are put in front of it, in their order there, and every
+``S.name``, ``F.name`` and ``K.name`` (a status, a job field, a key suffix) is replaced by
+its value from ``keys.Status``, ``keys.Field`` and ``keys.Key``: the Python enums are the
+one definition, and a name they lack fails the load. (Redis runs a script's whole text on
+every call, so what a script does not use would cost every call.) The result is loaded
+into the server on first use and called by SHA; a ``NOSCRIPT`` answer (first use, or a
+server restart that emptied the script cache) loads it and sends the call again, once.
+Only the broker calls ``run``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
+
+from .keys import Field, Key, Status
 
 NAMES = (
     "push",
@@ -32,8 +41,53 @@ NAMES = (
     "requeue",
     "purge",
 )
-#: Read in front of every script, in this order.
-PRELUDE = ("_schema.lua", "_common.lua")
+CONSTANTS: dict[str, type[StrEnum]] = {"S": Status, "F": Field, "K": Key}
+CONSTANT_RE = re.compile(r"\b([SFK])\.([a-z_]+)\b")
+DEFINITION_RE = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+COMMENT_RE = re.compile(r"--[^\n]*")
+
+
+class ScriptError(ValueError):
+    """A script names a constant the enums do not define."""
+
+
+def _constant(m: re.Match[str]) -> str:
+    enum = CONSTANTS[m.group(1)]
+    try:
+        return "'" + enum[m.group(2).upper()].value + "'"
+    except KeyError:
+        raise ScriptError(f"{m.group(0)}: {enum.__name__} has no {m.group(2).upper()}") from None
+
+
+def _definitions(common: str) -> list[tuple[str, str]]:
+    """``_common.lua`` cut into its top-level definitions, each with the comment lines
+    just above it: (name, text), in order."""
+    starts = []
+    for m in DEFINITION_RE.finditer(common):
+        start = m.start()
+        while True:  # take in the comment block right above the definition
+            above = common.rfind("\n", 0, start - 1) + 1
+            if start == 0 or not common.startswith("--", above):
+                break
+            start = above
+        starts.append((start, m.group(1)))
+    ends = [s for s, _ in starts[1:]] + [len(common)] if starts else []
+    return [(name, common[start:end]) for (start, name), end in zip(starts, ends, strict=True)]
+
+
+def link(body: str, common: str) -> str:
+    """The helpers ``body`` needs, then ``body``, with the constants replaced."""
+    definitions = _definitions(common)
+    needed: set[str] = set()
+    pending = [COMMENT_RE.sub("", body)]
+    while pending:
+        code = pending.pop()
+        for name, text in definitions:
+            if name not in needed and re.search(rf"\b{name}\b", code):
+                needed.add(name)
+                pending.append(COMMENT_RE.sub("", text))
+    helpers = "".join(text for name, text in definitions if name in needed)
+    return CONSTANT_RE.sub(_constant, helpers + body)
 
 
 @dataclass(frozen=True)
@@ -48,8 +102,7 @@ def script(name: str) -> Script:
     if name not in NAMES:
         raise KeyError(name)
     folder = resources.files("fifoflow") / "scripts"
-    parts = [(folder / f).read_text() for f in (*PRELUDE, f"{name}.lua")]
-    source = "\n".join(parts)
+    source = link((folder / f"{name}.lua").read_text(), (folder / "_common.lua").read_text())
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 

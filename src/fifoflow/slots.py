@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Protocol
 import redis
 
 from .allowlist import Resolver
-from .broker import nonce
 from .execution import Call, direct_call, execute
-from .records import Claimed, ClaimRequest, Completion, Outcome
+from .records import Claimed, ClaimRequest, Completion, Outcome, nonce
 from .resilience import supervised
 
 if TYPE_CHECKING:
@@ -198,10 +197,14 @@ class Slots:
         n = 0 if w.stopping.is_set() or job.queue != w.queues[0] else 1
         req = ClaimRequest(w.name, n, w.pools, w.lease, nonce()) if n else None
 
+        sends = 0
+
         def report() -> Completion:
+            nonlocal sends
+            sends += 1
             if slot.conn is None:
                 slot.conn = w.broker.client.connection_pool.get_connection()
-            return w.broker.complete(job, outcome, req, conn=slot.conn)
+            return w.broker.complete(job, outcome, req, conn=slot.conn, resent=sends > 1)
 
         result = w.retry(report, forever=True)
         w.processed += 1

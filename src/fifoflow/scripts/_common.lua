@@ -1,7 +1,8 @@
--- _common.lua: helpers every script shares; _schema.lua (S, F, K) comes before it and the
--- script's own file after it. Every key a script touches starts with the prefix
--- P = KEYS[1] = "ff:{QUEUE}:", so all of them live in one Cluster slot. The key schema
--- itself is described once, in docs/architecture.md ("Keys of queue Q").
+-- _common.lua: helpers the scripts share. scripts.py links each script with the helpers it
+-- uses, and replaces S.name, F.name and K.name with the values of keys.Status (job
+-- statuses), keys.Field (job hash fields) and keys.Key (key suffixes): one definition,
+-- in Python. Every key a script touches starts with the prefix P = KEYS[1] = "ff:{QUEUE}:",
+-- so all of them live in one Cluster slot; the keys are described in docs/architecture.md.
 
 -- Wake tokens kept per pool at most; one wakes one blocked worker.
 local WAKE_CAP = 1000
@@ -129,15 +130,15 @@ local function housekeep(P, now, force, policy)
   reap(P, now, 100, policy)
 end
 
--- The claim request at ARGV[i..]: worker, lease, n, nonce, max_lost, ttl, refill, pools...
--- (see Broker.claim_args). `policy` is what housekeeping needs of it.
+-- The claim request at ARGV[i..]: worker, lease, n, nonce, max_lost, ttl, refill, resend,
+-- pools... (see Broker._claim_args). `policy` is what housekeeping needs of it.
 local function claim_request(argv, i)
   local req = {
     worker = argv[i], lease = tonumber(argv[i + 1]), n = tonumber(argv[i + 2]),
-    nonce = argv[i + 3], refill = argv[i + 6] == '1', pools = {},
+    nonce = argv[i + 3], refill = argv[i + 6] == '1', resend = argv[i + 7] == '1', pools = {},
   }
   req.policy = {max_lost = tonumber(argv[i + 4]), ttl = tonumber(argv[i + 5])}
-  for j = i + 7, #argv do req.pools[#req.pools + 1] = argv[j] end
+  for j = i + 8, #argv do req.pools[#req.pools + 1] = argv[j] end
   return req
 end
 
@@ -172,19 +173,17 @@ end
 -- Claim up to req.n jobs. Returns a flat array, 5 fields a job: id, target, params,
 -- timeout, attempts. The fencing token is the request's nonce, chosen at random by the
 -- worker: unique even if the server loses its last writes. The nonce also makes the claim
--- idempotent: a claim re-sent after a lost reply returns the jobs the first one took
--- (those still held with this token), never new ones.
+-- idempotent: a claim re-sent after a lost reply (the worker says so) returns the jobs the
+-- first one took (those still running with this token), never new ones; only then are
+-- the running jobs searched, so the common path pays nothing for it.
 local function claim(P, req, now)
   local out = {}
-  local rk = P .. K.req .. req.nonce
-  local prior = redis.call('GET', rk)
-  if prior then
-    for id in string.gmatch(prior, '[^,]+') do
-      local f = read(job_key(P, id), F.token, F.status, F.target, F.params, F.timeout,
-        F.attempts)
-      if f.token == req.nonce and f.status == S.running then claimed_fields(out, id, f) end
+  if req.resend then
+    for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
+      local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts)
+      if f.token == req.nonce then claimed_fields(out, id, f) end
     end
-    return out
+    if #out > 0 then return out end
   end
   local ids = {}
   local deadline, started = now + req.lease, fmt_time(now)
@@ -206,7 +205,6 @@ local function claim(P, req, now)
     claimed_fields(out, id, f)
     ids[#ids + 1] = id
   end
-  if #ids > 0 then redis.call('SET', rk, table.concat(ids, ','), 'EX', REQ_TTL) end
   -- A worker woken by a token may have claimed from another pool than the token's: while
   -- jobs stay ready, leave a token, so a worker that can run them is not left idle.
   if req.refill and #ids == req.n then
@@ -233,7 +231,9 @@ local function next_event(P, now)
 end
 
 -- A request already done (its reply lost on the way back): the reply it gave, or nil.
-local function replayed(P, nonce)
+-- Looked up only for a re-send (`resend`: '1'), so the common path pays nothing for it.
+local function replayed(P, nonce, resend)
+  if resend ~= '1' then return nil end
   local prior = redis.call('GET', P .. K.req .. nonce)
   if prior then return cjson.decode(prior) end
   return nil

@@ -1,7 +1,7 @@
 -- claim.lua: promote due jobs, reap expired leases, then claim up to N jobs.
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- ARGV[1..] the claim request: worker, lease seconds, N, nonce, max_lost, ttl, refill,
---           pools... (see claim_request in _common.lua)
+--           resend, pools... (see claim_request in _common.lua)
 -- Returns  {next_event_seconds, then 5 fields a job: id, target, params, timeout, attempts}
 local P = KEYS[1]
 local req = claim_request(ARGV, 1)

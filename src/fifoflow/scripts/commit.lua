@@ -1,18 +1,18 @@
 -- commit.lua: make every job staged by one push visible at once, or none of them.
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
--- ARGV[1]  push id (see stage.lua)
--- ARGV[2..8] the push spec (see push.lua; the same as each stage.lua call)
--- ARGV[9]  '1' if any job of the push has a de-duplication key
+-- ARGV[1]  push id (see stage.lua)      ARGV[2] '1' if this is a re-send
+-- ARGV[3..9] the push spec (see push.lua; the same as each stage.lua call)
+-- ARGV[10] '1' if any job of the push has a de-duplication key
 -- Returns  {'OK', id1, new1, status1, ...} in push order (as push.lua)
 --       or {'FULL', pending, max_length, adding}   (nothing added; the staged jobs are gone)
 --       or {'GONE'}  (nothing staged under that id: it expired)
 local P = KEYS[1]
-local push_id = ARGV[1]
-local spec = push_spec(ARGV, 2)
-local keyed = ARGV[9] == '1'
+local push_id, resend = ARGV[1], ARGV[2]
+local spec = push_spec(ARGV, 3)
+local keyed = ARGV[10] == '1'
 local list = P .. K.stage .. push_id
 
-local prior = replayed(P, push_id)
+local prior = replayed(P, push_id, resend)
 if prior then return prior end
 local now = now_s()
 local staged = redis.call('LRANGE', list, 0, -1)

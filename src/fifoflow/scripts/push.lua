@@ -2,18 +2,19 @@
 -- batch goes through stage.lua and commit.lua instead).
 -- KEYS[1]  queue prefix "ff:{QUEUE}:" (routing and key names)
 -- ARGV[1]  nonce: a re-sent push (its reply was lost) returns the first reply, adds nothing
--- ARGV[2]  id suffix (4 hex digits of the queue name)
--- ARGV[3..9] the push spec: target, priority, pool, retries, timeout ('' = none),
+-- ARGV[2]  '1' if this is a re-send
+-- ARGV[3]  id suffix (4 hex digits of the queue name)
+-- ARGV[4..10] the push spec: target, priority, pool, retries, timeout ('' = none),
 --          delay seconds ('' or 0 = none), max_lost ('' = the workers' default)
--- ARGV[10..] pairs: params (JSON), de-duplication key ('' = none)
+-- ARGV[11..] pairs: params (JSON), de-duplication key ('' = none)
 -- Returns  {'OK', id1, new1, status1, ...}  (new = '1' added, '0' de-duplicated)
 --       or {'FULL', pending, max_length, adding}   (nothing added)
 local P = KEYS[1]
-local nonce, suffix = ARGV[1], ARGV[2]
-local spec = push_spec(ARGV, 3)
-local FIRST = 10
+local nonce, resend, suffix = ARGV[1], ARGV[2], ARGV[3]
+local spec = push_spec(ARGV, 4)
+local FIRST = 11
 
-local prior = replayed(P, nonce)
+local prior = replayed(P, nonce, resend)
 if prior then return prior end
 local now = now_s()
 

@@ -4,17 +4,17 @@
 -- maintain.lua after an hour.
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- ARGV[1]  push id (random; names the stage list)   ARGV[2] batch number
--- ARGV[3]  id suffix (4 hex digits of the queue name)
--- ARGV[4..10] the push spec (see push.lua)
--- ARGV[11..] pairs: params (JSON), de-duplication key ('' = none)
+-- ARGV[3]  '1' if this is a re-send                  ARGV[4] id suffix
+-- ARGV[5..11] the push spec (see push.lua)
+-- ARGV[12..] pairs: params (JSON), de-duplication key ('' = none)
 -- Returns  the number of jobs staged so far (a re-sent batch is not staged twice)
 local P = KEYS[1]
-local push_id, batch, suffix = ARGV[1], ARGV[2], ARGV[3]
-local spec = push_spec(ARGV, 4)
-local FIRST = 11
+local push_id, batch, resend, suffix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local spec = push_spec(ARGV, 5)
+local FIRST = 12
 local list = P .. K.stage .. push_id
 
-if replayed(P, push_id .. ':' .. batch) then return redis.call('LLEN', list) end
+if replayed(P, push_id .. ':' .. batch, resend) then return redis.call('LLEN', list) end
 local now = now_s()
 local count = (#ARGV - FIRST + 1) / 2
 local ids = new_ids(P, suffix, count, now)
