@@ -144,7 +144,8 @@ class Fleet:
 def run_chaos(plan: Plan, srv: EmbeddedServer, procs: Processes, folder: Path) -> Run:
     rng = random.Random(plan.seed)
     qname = f"chaos-{os.getpid()}-{rng.randrange(10**6)}"
-    env = {"FIFOFLOW_URL": srv.url, "FIFOFLOW_QUEUE": qname}
+    # Kills here are the test's, not the jobs' doing: no job is a poison job.
+    env = {"FIFOFLOW_URL": srv.url, "FIFOFLOW_QUEUE": qname, "FIFOFLOW_MAX_LOST": "1000"}
     q = Queue(qname, url=srv.url)
     fleet = Fleet(procs, plan, env, folder)
     run = Run(plan, folder / "starts.jsonl", q, env, fleet)
@@ -264,8 +265,9 @@ def analyse(run: Run, cli: CLI) -> dict[str, Any]:
 
     # -- FIFO ------------------------------------------------------------------------------
     clean = [n for n, r in enumerate(raw) if int(r.get("lost", 0)) == 0]
-    # claims: the server's own clock, in claim order; one claim each for these jobs
-    claim_order = sorted(clean, key=lambda n: (float(raw[n]["started_at"]), ids[n]))
+    # claims: the queue's claim counter (not the server's clock, which can step back);
+    # one claim each for these jobs
+    claim_order = sorted(clean, key=lambda n: int(raw[n]["claim_seq"]))
     claim_disp = max(displacements(claim_order), default=0)
     # starts: as the targets saw them, across processes and threads
     start_order = sorted(clean, key=lambda n: starts[n][0][0])
