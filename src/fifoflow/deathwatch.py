@@ -53,7 +53,7 @@ class DeathWatch:
     def run(self) -> None:
         w = self.w
         while not w.stopping.wait(INTERVAL):
-            if w.retry.once(lambda: w.broker.watch_lock(w.name, 4 * INTERVAL)):
+            if w.retry.once(lambda: w.broker.watch_lock(w.name, 2 * INTERVAL)):
                 self.look()
             else:
                 self._suspects.clear()
@@ -62,7 +62,10 @@ class DeathWatch:
         w = self.w
         workers = w.retry.once(w.broker.live_workers) or []
         others = [info for info in workers if info.get("name") != w.name]
-        if not others:
+        queues = sorted({q for info in others for q in info.get("queues", [])})
+        # Only a dead worker's running jobs need anyone; an idle fleet costs one count a look.
+        if not others or not w.retry.once(lambda: w.broker.running_count(queues)):
+            self._suspects.clear()
             return
         connected = w.retry.once(w.broker.connected_workers) if self._client_list else None
         if connected is None and self._client_list:
