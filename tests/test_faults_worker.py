@@ -123,16 +123,16 @@ def push_back_to_back(
     the worker blocked first with that queue's token alone, and the second push lands before
     the claim the worker pipelined behind its wait runs.
 
-    The one place that knows how a push looks on the wire: an EVALSHA of the push script
+    The one place that knows how a push looks on the wire: an FCALL of the push function
     with the arguments ``Broker.push`` builds (one job, default options)."""
-    push = scripts.script("push")
-    client.script_load(push.source)  # no NOSCRIPT round trip between the two
+    lib = scripts.library()
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", lib.source)  # loaded before the two
     pipe = client.pipeline(transaction=False)
     for queue, target, params in jobs:
         client.sadd(keys.QUEUES, queue)  # as Broker.push does
         spec = PushSpec(target).args()
         args = [nonce(), "0", keys.id_suffix(queue), *spec, json.dumps(params), ""]
-        pipe.execute_command("EVALSHA", push.sha, 1, keys.prefix(queue), *args)
+        pipe.execute_command("FCALL", lib.functions["push"], 1, keys.prefix(queue), *args)
     replies = pipe.execute()
     return [str(r[1]) for r in replies]
 
