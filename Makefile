@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-under-load lint demo bench chaos clean
+.PHONY: install test test-under-load test-redis-min lint demo bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,22 @@ test: $(STAMP)
 test-under-load: $(STAMP)
 	.ci/test-under-load $(PYTEST)
 
+# The oldest redis-py fifoflow supports (pyproject's lower bound): the suite without Prefect
+# in a virtualenv of its own, so CI tests both ends of the range.
+REDIS_MIN := 5.3.1
+MIN_VENV := .venv-redis-min
+
+$(MIN_VENV)/.installed: pyproject.toml
+	test -x $(MIN_VENV)/bin/python || $(PY) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q -e '.[dev]' 'redis[hiredis]==$(REDIS_MIN)'
+	touch $@
+
+test-redis-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -c 'import redis; assert redis.__version__ == "$(REDIS_MIN)", redis.__version__'
+	$(MIN_VENV)/bin/python -m pytest -n 2 --dist loadfile -q \
+		--ignore=tests/test_prefect_worker.py --ignore=tests/test_prefect_demo.py $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
@@ -39,4 +55,4 @@ chaos: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_chaos.py --chaos-long -s
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) $(MIN_VENV) build dist src/*.egg-info
