@@ -10,7 +10,7 @@ import redis
 
 from . import keys
 from .errors import UsageError
-from .keys import Field, Key, Status
+from .keys import RUN_BUCKETS, WAIT_BUCKETS, Field, Key, Status
 from .records import job_record
 
 if TYPE_CHECKING:
@@ -104,3 +104,117 @@ class BrokerReads:
         for z in sets:
             pipe.zrange(z, 0, -1)
         return sorted({i for ids in pipe.execute() for i in ids})
+
+    # -- operations: counters, histograms, the timeline, pages ----------------------------
+
+    @staticmethod
+    def _sets_of(status: str | None) -> list[Key]:
+        if status is None:
+            return [Key.ALL]
+        if status == Status.DELAYED:
+            return [Key.DELAYED, Key.RETRY]
+        return [Key(status)]
+
+    def metrics(self, queue: str) -> dict[str, Any]:
+        """The queue's monotonic counters and histograms, as the scripts keep them:
+        ``{"counters": {event: {pool: n}}, "wait" / "run": {pool: ([n per bucket], sum s)}}``.
+        Buckets follow ``keys.WAIT_BUCKETS`` / ``keys.RUN_BUCKETS``, the last one +Inf."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.queue_key(queue, Key.STATS))
+        pipe.hgetall(keys.queue_key(queue, Key.HIST))
+        stats, hist = pipe.execute()
+        counters: dict[str, dict[str, int]] = {}
+        for field, value in stats.items():
+            event, _, pool = field.partition(":")
+            counters.setdefault(event, {})[pool] = int(value)
+        out: dict[str, Any] = {"counters": counters, "wait": {}, "run": {}}
+        sizes = {"wait": len(WAIT_BUCKETS) + 1, "run": len(RUN_BUCKETS) + 1}
+        for field, value in hist.items():
+            name, _, rest = field.partition(":")
+            if name.endswith("_us"):
+                entry = out[name[:-3]].setdefault(rest, [[0] * sizes[name[:-3]], 0.0])
+                entry[1] = int(value) / 1e6
+            elif name in sizes:
+                pool, _, index = rest.rpartition(":")
+                entry = out[name].setdefault(pool, [[0] * sizes[name], 0.0])
+                entry[0][int(index) - 1] = int(value)
+        return out
+
+    def oldest_queued(self, queue: str, pools: Sequence[str], bands: int = 32) -> float | None:
+        """Push time (Unix seconds) of the oldest job waiting in these pools' ready sets,
+        or None. Each priority is a band of equal scores, ordered by id (push order), so
+        the first member of each band is its oldest: one command per band, at most
+        ``bands`` per pool."""
+        oldest: float | None = None
+        for pool in pools:
+            ready = keys.ready(queue, pool)
+            low = "-inf"
+            for _ in range(bands):
+                head = cast(
+                    list[tuple[str, float]],
+                    self.client.zrangebyscore(ready, low, "+inf", start=0, num=1, withscores=True),
+                )
+                if not head:
+                    break
+                job_id, score = head[0]
+                pushed = int(str(job_id)[:14], 16) / 1e6
+                oldest = pushed if oldest is None else min(oldest, pushed)
+                low = f"({score}"
+        return oldest
+
+    def timeline(self, queue: str, count: int = 1000) -> list[dict[str, Any]]:
+        """The last ``count`` finished attempts (the capped events stream), newest first."""
+        entries = cast(
+            list[tuple[str, dict[str, str]]],
+            self.client.xrevrange(keys.queue_key(queue, Key.EVENTS), count=count),
+        )
+        out = []
+        for entry_id, fields in entries:
+            row: dict[str, Any] = dict(fields)
+            row["event_id"] = entry_id
+            for t in ("started", "finished"):
+                row[t] = float(row[t]) if row.get(t) else None
+            out.append(row)
+        return out
+
+    def page(
+        self,
+        queue: str,
+        status: str | None = None,
+        *,
+        pool: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        newest_first: bool = True,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of jobs and the cursor of the next (None: no more). Bounded by the page:
+        one listing command (one per pool for queued jobs) and one read per job. Without a
+        status: every job by push order (newest first unless told otherwise); ``queued``:
+        in run order (priority, then push order); other statuses: by their set's time
+        (finish, due or lease time), newest first unless told otherwise."""
+        if status is not None and status not in STATUSES:
+            raise UsageError(f"unknown status {status!r}: one of {', '.join(STATUSES)}")
+        start = int(cursor or 0)
+        stop = start + limit - 1
+        if status == Status.QUEUED:  # run order: priority, then push order
+            sets = [keys.ready(queue, p) for p in ([pool] if pool else self.pools(queue))]
+            descending = False
+        else:
+            sets = [keys.queue_key(queue, k) for k in self._sets_of(status)]
+            descending = newest_first
+        pipe = self.client.pipeline(transaction=False)
+        for zkey in sets:
+            if descending:
+                pipe.zrevrange(zkey, 0, stop, withscores=True)
+            else:
+                pipe.zrange(zkey, 0, stop, withscores=True)
+        merged = sorted(
+            ((score, job_id) for part in pipe.execute() for job_id, score in part),
+            reverse=descending,
+        )
+        ids = [job_id for _, job_id in merged][start : stop + 1]
+        records = self.records(queue, ids)
+        if pool is not None and status != Status.QUEUED:
+            records = [r for r in records if r["pool"] == pool]
+        more = len(ids) == limit
+        return records, (str(stop + 1) if more else None)

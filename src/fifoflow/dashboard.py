@@ -57,8 +57,8 @@ def make_handler(broker: Broker) -> type[BaseHTTPRequestHandler]:
                     jobs = q.jobs(args.get("status") or None)[-limit:]
                     self._send(200, json.dumps(jobs), "application/json")
                 elif url.path == "/metrics":
-                    body = metrics.render(metrics.snapshot(broker))
-                    self._send(200, body, "text/plain; version=0.0.4")
+                    body = metrics.render(broker).decode()
+                    self._send(200, body, metrics.CONTENT_TYPE)
                 else:
                     self._send(404, json.dumps({"error": "not found"}), "application/json")
             except (FifoflowError, ValueError) as e:

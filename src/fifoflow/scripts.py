@@ -2,10 +2,12 @@
 
 A script is its own file, linked at load time: the helpers of ``_common.lua`` that it uses
 (directly or through each other) are put in front of it, in their order there, and every
-``S.name``, ``F.name`` and ``K.name`` (a status, a job field, a key suffix) is replaced by
-its value from ``keys.Status``, ``keys.Field`` and ``keys.Key``: the Python enums are the
-one definition, and a name they lack fails the load. (Redis runs a script's whole text on
-every call, so what a script does not use would cost every call.) The result is loaded
+``S.name``, ``F.name``, ``K.name`` and ``E.name`` (a status, a job field, a key suffix, a
+counter) is replaced by its value from ``keys.Status``, ``keys.Field``, ``keys.Key`` and
+``keys.Event``, and every ``V.name`` by a value of ``keys`` (histogram buckets, caps): the
+Python definitions are the only ones, and a name they lack fails the load. (Redis runs a
+script's whole text on every call, so what a script does not use would cost every call.)
+The result is loaded
 into the server on first use and called by SHA; a ``NOSCRIPT`` answer (first use, or a
 server restart that emptied the script cache) loads it and sends the call again, once.
 Only the broker calls ``run``.
@@ -25,7 +27,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from .keys import Field, Key, Status
+from .keys import EVENTS_CAP, RUN_BUCKETS, WAIT_BUCKETS, Event, Field, Key, Status
 
 NAMES = (
     "push",
@@ -41,14 +43,28 @@ NAMES = (
     "requeue",
     "purge",
 )
-CONSTANTS: dict[str, type[StrEnum]] = {"S": Status, "F": Field, "K": Key}
-CONSTANT_RE = re.compile(r"\b([SFK])\.([a-z_]+)\b")
+CONSTANTS: dict[str, type[StrEnum]] = {"S": Status, "F": Field, "K": Key, "E": Event}
+CONSTANT_RE = re.compile(r"\b([SFKE])\.([a-z_]+)\b")
+#: Values (not names) the scripts take from Python: ``V.name``.
+VALUES: dict[str, str] = {
+    "wait_buckets": "{" + ", ".join(repr(float(b)) for b in WAIT_BUCKETS) + "}",
+    "run_buckets": "{" + ", ".join(repr(float(b)) for b in RUN_BUCKETS) + "}",
+    "events_cap": str(EVENTS_CAP),
+}
+VALUE_RE = re.compile(r"\bV\.([a-z_]+)\b")
 DEFINITION_RE = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
 COMMENT_RE = re.compile(r"--[^\n]*")
 
 
 class ScriptError(ValueError):
     """A script names a constant the enums do not define."""
+
+
+def _value(m: re.Match[str]) -> str:
+    try:
+        return VALUES[m.group(1)]
+    except KeyError:
+        raise ScriptError(f"{m.group(0)}: no such value") from None
 
 
 def _constant(m: re.Match[str]) -> str:
@@ -87,7 +103,7 @@ def link(body: str, common: str) -> str:
                 needed.add(name)
                 pending.append(COMMENT_RE.sub("", text))
     helpers = "".join(text for name, text in definitions if name in needed)
-    return CONSTANT_RE.sub(_constant, helpers + body)
+    return VALUE_RE.sub(_value, CONSTANT_RE.sub(_constant, helpers + body))
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,9 @@ class Slots:
             sends += 1
             if slot.conn is None:
                 slot.conn = w.broker.client.connection_pool.get_connection()
-            return w.broker.complete(job, outcome, req, conn=slot.conn, resent=sends > 1)
+            return w.broker.complete(
+                job, outcome, req, slot=slot.index, conn=slot.conn, resent=sends > 1
+            )
 
         result = w.retry(report, forever=True)
         w.processed += 1

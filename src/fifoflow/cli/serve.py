@@ -42,6 +42,10 @@ def worker(
         int | None,
         typer.Option(min=1, help="Abandoned threads (timed-out jobs) before a restart [8]."),
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Serve Prometheus /metrics on this port.")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Interface of --metrics-port.")] = "127.0.0.1",
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
 ) -> None:
     """Run jobs from the queues, greedily, up to --concurrency at once."""
@@ -68,6 +72,8 @@ def worker(
         processes=processes,
         max_lost=max_lost,
         max_abandoned=max_abandoned,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     if prefect:
         try:

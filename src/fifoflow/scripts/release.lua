@@ -21,7 +21,7 @@ for i = 2, #ARGV, 2 do
     if delay > 0 then
       schedule(P, K.retry, job_id, now + delay, cur.pool)
     else
-      enqueue_ready(P, job_id, cur.pool, cur.priority)
+      enqueue_ready(P, job_id, cur.pool, cur.priority, now)
     end
     count = count + 1
   end
