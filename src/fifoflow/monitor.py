@@ -82,6 +82,7 @@ class Monitor:
             "pools": list(w.pools),
             "concurrency": w.concurrency,
             "running": [j.id for j in (running or [])],
+            "slots": w.slots.by_slot(),
             "processed": w.processed,
             "started_at": w.started_at,
             "heartbeat": time.time(),

@@ -235,6 +235,17 @@ class Slots:
                 if s.run is not None and not s.run.abandoned and not s.run.finishing
             ]
 
+    def by_slot(self) -> list[tuple[str, float] | None]:
+        """Per slot: (job id, when it started, Unix time) or None: for the timeline."""
+        now_mono, now = time.monotonic(), time.time()
+        with self.lock:
+            return [
+                (s.run.job.id, now - (now_mono - s.run.started))
+                if s.run is not None and not s.run.abandoned
+                else None
+                for s in self.slots
+            ]
+
     def overdue(self, now: float) -> tuple[list[tuple[Slot, Run]], list[float]]:
         """Attempts past their deadline (marked abandoned), and the deadlines still ahead."""
         ahead: list[float] = []
