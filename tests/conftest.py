@@ -280,3 +280,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def blocked_ids(client: redis.Redis) -> set[int]:
+    """Ids of the server's clients blocked in a blocking command (an idle worker's wait)."""
+    return {int(c["id"]) for c in client.client_list() if "b" in str(c.get("flags", ""))}
+
+
+def wait_blocked(
+    client: redis.Redis, before: set[int], proc: subprocess.Popen[str] | None = None
+) -> int:
+    """Wait until a client not in ``before`` blocks: the worker started after ``before`` was
+    taken is idle in its wait. Returns that client's id."""
+
+    def new() -> set[int]:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode} before it went idle")
+        return blocked_ids(client) - before
+
+    return min(wait_for(new, timeout=30))

@@ -90,6 +90,16 @@ def sleepy(n: int, seconds: float = 0.0) -> int:
     return n
 
 
+@flow(name="ff-sleepy-until")
+def sleepy_until(n: int, marker: str, seconds: float = 150.0) -> int:
+    """As ``sleepy``, but runs until the test creates ``marker`` (at most ``seconds``)."""
+    get_run_logger().info("sleepy start n=%d", n)
+    deadline = time.monotonic() + seconds
+    while not Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return n
+
+
 @flow(name="ff-noop")
 def noop() -> None:
     return None

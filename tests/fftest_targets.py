@@ -35,13 +35,27 @@ def sleep(seconds: float, **_: Any) -> float:
     return seconds
 
 
-def record(log: str, n: int, seconds: float = 0.0, **_: Any) -> int:
-    """Append a start line (and sleep) so tests can check order and double runs."""
+def record(log: str, n: int, seconds: float = 0.0, marker: str | None = None, **_: Any) -> int:
+    """Append a start line (and sleep) so tests can check order and double runs; with
+    ``marker``, then run until that file exists (see ``hold``)."""
     with open(log, "a") as fh:
         fh.write(json.dumps({"n": n, "pid": os.getpid(), "t": time.time()}) + "\n")
     if seconds:
         time.sleep(seconds)
+    if marker is not None:
+        hold(marker)
     return n
+
+
+def hold(marker: str, seconds: float = 90.0) -> str:
+    """Run until the test creates ``marker`` (at most ``seconds``): a job that is running
+    for exactly as long as the test needs, however slow the machine."""
+    deadline = time.monotonic() + seconds
+    while not Path(marker).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{marker} never appeared")
+        time.sleep(0.02)
+    return marker
 
 
 def flaky(marker: str) -> str:

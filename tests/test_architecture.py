@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from fifoflow import keys, scripts
 from fifoflow.keys import Field, Status
@@ -16,28 +17,38 @@ MAX_LINES = 350
 
 
 def test_lua_constants_come_from_the_python_enums() -> None:
-    for name in scripts.NAMES:
-        source = scripts.script(name).source
-        # Every S./F./K. name was replaced by its value; none is left to resolve at run time.
-        assert not scripts.CONSTANT_RE.search(source), name
-    # A name the enums lack fails the load, with the name in the message.
+    source = scripts.library().source
+    code = "\n".join(line.partition("--")[0] for line in source.split("\n"))
+    # Every S./F./K. name in code was replaced by its value; none is left for run time.
+    assert not scripts.CONSTANT_RE.search(code)
+    # A name the enums lack fails the build, with the name in the message.
     try:
-        scripts.link("return F.no_such_field", "")
+        scripts.resolve("return F.no_such_field")
     except scripts.ScriptError as e:
         assert "NO_SUCH_FIELD" in str(e)
     else:
         raise AssertionError("an unknown constant was accepted")
-    assert scripts.link("return {S.dead, F.claim_seq, K.ready}", "") == (
+    assert scripts.resolve("return {S.dead, F.claim_seq, K.ready} -- F.x in a comment") == (
         f"return {{'{Status.DEAD.value}', '{Field.CLAIM_SEQ.value}', '{keys.Key.READY.value}'}}"
+        " -- F.x in a comment"
     )
 
 
-def test_scripts_link_only_the_helpers_they_use() -> None:
-    purge = scripts.script("purge").source
-    assert "local function claim(" not in purge and "local function job_key(" in purge
-    complete = scripts.script("complete").source
-    for helper in ("claim", "finish", "schedule", "housekeep", "lose"):
-        assert f"local function {helper}(" in complete, helper
+def test_the_library_registers_every_script_under_its_version(url: str) -> None:
+    import redis
+
+    lib = scripts.library()
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", lib.source)
+
+    def as_dict(item: Any) -> dict[str, Any]:  # a flat [key, value, ...] list, or a map
+        return item if isinstance(item, dict) else dict(zip(item[::2], item[1::2], strict=True))
+
+    listed = client.function_list(library=lib.name)
+    names = {as_dict(f)["name"] for entry in listed for f in as_dict(entry)["functions"]}
+    assert names == set(lib.functions.values())
+    assert all(f.startswith(f"ff_{lib.name.split('_')[1]}_") for f in names)
+    client.close()
 
 
 def test_scripts_name_statuses_and_fields_only_through_the_schema() -> None:
@@ -60,19 +71,14 @@ def test_every_script_has_a_header_naming_its_keys_and_args() -> None:
         assert not re.search(r"KEYS\[[2-9]\]", text), name
 
 
-def test_every_script_loads_and_has_a_sha() -> None:
-    for name in scripts.NAMES:
-        s = scripts.script(name)
-        assert len(s.sha) == 40 and f"-- {name}.lua: " in s.source
-
-
 def test_exactly_one_place_calls_a_script() -> None:
     calls = []
     for path in SRC.rglob("*.py"):
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(r"scripts\.run\(|\"EVALSHA\"|evalsha\(|\.eval\(|script_load\(", line):
+            pattern = r"scripts\.run\(|\"FCALL\"|\"EVALSHA\"|evalsha\(|\.eval\(|script_load\("
+            if re.search(pattern, line):
                 calls.append(f"{path.relative_to(SRC)}:{n}")
-    # scripts.run sends EVALSHA (its one line), and the broker's _script is its one caller.
+    # scripts.run sends FCALL (its one line), and the broker's _script is its one caller.
     assert len(calls) == 2, calls
     assert any(c.startswith("scripts.py:") for c in calls), calls
     assert any(c.startswith("broker.py:") for c in calls), calls

@@ -97,6 +97,7 @@ class Fleet:
     def __init__(self, procs: Processes, plan: Plan, env: dict[str, str], folder: Path) -> None:
         self.procs, self.plan, self.env, self.folder = procs, plan, env, folder
         self.live: list[subprocess.Popen[str]] = []
+        self.live_logs: list[Path] = []  # the stderr of each live worker, in step with live
         self.logs: list[Path] = []
         self._files: list[IO[str]] = []
 
@@ -105,6 +106,7 @@ class Fleet:
         fh = open(path, "w")  # noqa: SIM115 - closed in close()
         self._files.append(fh)
         self.logs.append(path)
+        self.live_logs.append(path)
         self.live.append(
             self.procs.worker(
                 "fftest_targets",
@@ -117,8 +119,28 @@ class Fleet:
             )
         )  # fmt: skip
 
+    def assert_alive(self) -> None:
+        """Every worker the fleet counts on still runs (else: its exit code and log)."""
+        for p, path in zip(self.live, self.live_logs, strict=True):
+            if p.poll() is not None:
+                tail = "\n".join(path.read_text(errors="replace").splitlines()[-5:])
+                raise AssertionError(f"worker pid {p.pid} exited with {p.returncode}:\n{tail}")
+
+    def wait_up(self, queue: Queue) -> None:
+        """Wait until every live worker has registered: it is past its start-up, which
+        needs the server (``fifoflow worker`` exits 1 at once when it cannot reach it)."""
+
+        def up() -> bool:
+            self.assert_alive()
+            registered = {w.get("pid") for w in queue.broker.live_workers()}
+            return all(p.pid in registered for p in self.live)
+
+        wait_for(up, timeout=60)
+
     def kill_one(self, rng: random.Random) -> Kill:
-        victim = self.live.pop(rng.randrange(len(self.live)))
+        i = rng.randrange(len(self.live))
+        victim = self.live.pop(i)
+        self.live_logs.pop(i)
         os.kill(victim.pid, signal.SIGKILL)
         kill = Kill(victim.pid, time.time())
         victim.wait(10)
@@ -170,7 +192,11 @@ def run_chaos(plan: Plan, srv: EmbeddedServer, procs: Processes, folder: Path) -
     while (done := succeeded()) < plan.jobs:
         assert time.monotonic() < deadline, f"only {done} of {plan.jobs} done in {plan.budget}s"
         if run.outage is None and done >= plan.jobs * 0.4:
-            # once, mid-run: the server goes away and comes back (a kill is skipped for it)
+            # once, mid-run: the server goes away and comes back (a kill is skipped for it).
+            # Not while the replacement of the last kill is still starting: a worker that
+            # cannot reach the server at start exits 1 (by design), and the fleet would
+            # then be a worker short for the rest of the run.
+            fleet.wait_up(q)
             down = time.time()
             server.stop(srv.home)
             time.sleep(0.5)
@@ -285,8 +311,13 @@ def analyse(run: Run, cli: CLI) -> dict[str, Any]:
     truth = {"queued": 0, "delayed": 0, "running": 0, "succeeded": plan.jobs, "dead": 0}
     truth["cancelled"] = 0
     assert status()["queues"][q.name] == truth
+
     # the killed workers' registrations expire (3 leases); the live ones stay listed
-    wait_for(lambda: status()["workers"] == plan.workers, timeout=3 * plan.lease + 10)
+    def live_listed() -> bool:
+        fleet.assert_alive()
+        return bool(status()["workers"] == plan.workers)
+
+    wait_for(live_listed, timeout=3 * plan.lease + 10)
     codes = fleet.stop()
     assert codes == [0] * plan.workers, f"exit codes on SIGTERM: {codes}"
     wait_for(lambda: status()["workers"] == 0, timeout=10)

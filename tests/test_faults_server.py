@@ -73,8 +73,15 @@ def starts(log: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["t"])
 
 
-def push_records(q: Queue, log: Path, n: int, seconds: float) -> list[str]:
-    jobs = q.push_many(RECORD, [{"log": str(log), "n": i, "seconds": seconds} for i in range(n)])
+def push_records(
+    q: Queue, log: Path, n: int, seconds: float, marker: Path | None = None
+) -> list[str]:
+    """Jobs 0..n-1 that log their start and sleep ``seconds``; with ``marker``, each then
+    runs on until that file exists."""
+    held = {} if marker is None else {"marker": str(marker)}
+    jobs = q.push_many(
+        RECORD, [{"log": str(log), "n": i, "seconds": seconds, **held} for i in range(n)]
+    )
     return [j.id for j in jobs]
 
 
@@ -101,6 +108,14 @@ def listed(env: dict[str, str], name: str) -> dict[str, Any] | None:
     if r.returncode != 0:
         return None
     return next((w for w in json.loads(r.stdout) if w["name"] == name), None)
+
+
+def oom_logged(wlog: Path) -> bool:
+    """The worker logged a write refused by a full server (the first of an episode)."""
+    return wlog.exists() and any(
+        "server error (" in line and "memory" in line.lower()
+        for line in wlog.read_text(errors="replace").splitlines()
+    )
 
 
 def n_succeeded(q: Queue) -> int:
@@ -272,13 +287,16 @@ def test_outcomes_finished_during_an_outage_are_recorded_after_it(
     log = tmp_path / "starts.jsonl"
     n = 12
     q = Queue(qname, url=own_server.url)
-    push_records(q, log, n, seconds=1.0)
+    # The first four run until the server is down, however long it takes to get there.
+    release = tmp_path / "release"
+    push_records(q, log, n, seconds=1.0, marker=release)
     q.close()
     name = f"w-outage-{qname}"
     worker, wlog = start_worker(procs, tmp_path, env, "-c", "4", "--name", name, "--grace", "20")
     wait_for(lambda: len(starts(log)) >= 4, timeout=30)
 
     server.stop(own_server.home)  # while the first 4 run: they finish with the server away
+    release.write_text("go")
     time.sleep(2.0)  # the outage
     assert worker.poll() is None, f"the worker died during the outage:\n{tail(wlog)}"
     assert server.ensure_running(own_server.home) == own_server.url
@@ -404,8 +422,14 @@ def test_running_worker_rides_out_a_full_server_and_finishes_when_memory_frees(
     wait_for(lambda: len(starts(log)) >= 2, timeout=30)
 
     fill_memory(admin, private_redis.url, f"{qname}-filler")
-    # Memory stays full long enough for the queue to drain (6 x 0.4 s on 2 slots) and the
-    # idle slots to try to claim (and the heartbeat to write) against a full server.
+
+    # Memory stays full until the worker has met it (it logs the first refused write) and
+    # every job it started has ended, so their reports (outcome + next claim) go to a full
+    # server; then a while longer, for the retries and the heartbeat to write against it.
+    def met_full_server() -> bool:
+        return oom_logged(wlog) and all(r["t"] + 0.4 < time.time() for r in starts(log))
+
+    wait_for(met_full_server, timeout=30)
     time.sleep(2.5)
     assert worker.poll() is None, f"the worker died while memory was full:\n{tail(wlog)}"
     free_memory(admin)
@@ -436,7 +460,10 @@ def test_worker_started_while_memory_is_full_waits_and_registers_once_it_frees(
 
     name = f"w-oom-start-{qname}"
     worker, wlog = start_worker(procs, tmp_path, env, "-c", "2", "--name", name, "--grace", "20")
-    time.sleep(3.0)  # memory stays full while the worker starts and tries to register
+    # Memory stays full until the worker has started and tried to register (however long
+    # its start-up takes), and a while after, for its retries.
+    wait_for(lambda: oom_logged(wlog) or worker.poll() is not None, timeout=60)
+    time.sleep(1.0)
     assert worker.poll() is None, f"a worker started on a full server exited:\n{tail(wlog)}"
     free_memory(admin)
 

@@ -24,7 +24,7 @@ import redis
 
 import fftest_faulty
 import fifoflow
-from conftest import Processes, wait_for
+from conftest import Processes, blocked_ids, wait_blocked, wait_for
 from fifoflow import Queue, keys, scripts
 from fifoflow.broker import Broker, nonce
 from fifoflow.records import PushSpec
@@ -62,23 +62,6 @@ def status(q: Queue, job_id: str) -> str | None:
 def all_finished(q: Queue) -> bool:
     s = q.stats()
     return s["queued"] + s["delayed"] + s["running"] == 0
-
-
-def blocked_ids(client: redis.Redis) -> set[int]:
-    """Ids of the server's clients blocked in a blocking command (an idle worker's wait)."""
-    return {int(c["id"]) for c in client.client_list() if "b" in str(c.get("flags", ""))}
-
-
-def wait_blocked(client: redis.Redis, before: set[int], proc: subprocess.Popen[str]) -> int:
-    """Wait until a client not in ``before`` blocks: the worker started after ``before`` was
-    taken is idle in its wait. Returns that client's id."""
-
-    def new() -> set[int]:
-        if proc.poll() is not None:
-            raise AssertionError(f"worker exited with {proc.returncode} before it went idle")
-        return blocked_ids(client) - before
-
-    return min(wait_for(new, timeout=30))
 
 
 def live(client: redis.Redis, name: str) -> dict[str, Any] | None:
@@ -140,16 +123,16 @@ def push_back_to_back(
     the worker blocked first with that queue's token alone, and the second push lands before
     the claim the worker pipelined behind its wait runs.
 
-    The one place that knows how a push looks on the wire: an EVALSHA of the push script
+    The one place that knows how a push looks on the wire: an FCALL of the push function
     with the arguments ``Broker.push`` builds (one job, default options)."""
-    push = scripts.script("push")
-    client.script_load(push.source)  # no NOSCRIPT round trip between the two
+    lib = scripts.library()
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", lib.source)  # loaded before the two
     pipe = client.pipeline(transaction=False)
     for queue, target, params in jobs:
         client.sadd(keys.QUEUES, queue)  # as Broker.push does
         spec = PushSpec(target).args()
         args = [nonce(), "0", keys.id_suffix(queue), *spec, json.dumps(params), ""]
-        pipe.execute_command("EVALSHA", push.sha, 1, keys.prefix(queue), *args)
+        pipe.execute_command("FCALL", lib.functions["push"], 1, keys.prefix(queue), *args)
     replies = pipe.execute()
     return [str(r[1]) for r in replies]
 
@@ -217,7 +200,7 @@ def test_idle_worker_logs_no_warnings_and_starts_a_push_at_once(
 def test_job_does_not_wait_beside_an_idle_worker_when_another_took_its_wake_token(
     vqueue: Queue, procs: Processes, tmp_path: Path
 ) -> None:
-    log = tmp_path / "events.log"
+    log, release = tmp_path / "events.log", tmp_path / "release"
     q1, q2 = f"{vqueue.name}-1", f"{vqueue.name}-2"
     client = vqueue.client
     before = blocked_ids(client)
@@ -228,12 +211,13 @@ def test_job_does_not_wait_beside_an_idle_worker_when_another_took_its_wake_toke
     wait_blocked(client, before, w2)
     # A first: W1, blocked first, is woken by q2's token alone; B lands in q1 before W1's
     # claim runs, and that claim serves W1's first queue, q1: B. A must not wait for W2.
+    # B runs until the test releases it: W1 stays busy for as long as the checks take.
     pushed = time.time()
     a_id, b_id = push_back_to_back(
         client,
         [
             (q2, f"{FAULTY}:record", {"log": str(log), "n": "A"}),
-            (q1, f"{FAULTY}:record", {"log": str(log), "n": "B", "seconds": 3}),
+            (q1, f"{FAULTY}:hold", {"log": str(log), "n": "B", "marker": str(release)}),
         ],
     )
     a = wait_for(lambda: starts_of(log, "A"), timeout=20)[0]
@@ -246,6 +230,7 @@ def test_job_does_not_wait_beside_an_idle_worker_when_another_took_its_wake_toke
     assert b and b[0]["pid"] == w1.pid  # the scenario: W1 took B from q1
     assert status(Queue(q2, broker=Broker(client)), a_id) in ("running", "succeeded")
     assert status(Queue(q1, broker=Broker(client)), b_id) == "running"
+    release.write_text("go")
 
 
 # -- 6. abandoned threads are bounded ---------------------------------------------------------
@@ -302,10 +287,11 @@ def test_retry_never_runs_beside_its_abandoned_attempt_in_one_process(
         return by
 
     def settled() -> bool:
-        # Every attempt ended, or the log has been quiet for 10 ticks (a killed thread).
+        # Every attempt ended, or the log has been quiet for longer than an attempt lives
+        # (2 s): a killed thread, not one a busy machine left waiting for a while.
         evs = events(log)
         ended = all(any(e["ev"] == "end" for e in es) for es in attempts().values())
-        return ended or (bool(evs) and time.time() - evs[-1]["t"] > 0.5)
+        return ended or (bool(evs) and time.time() - evs[-1]["t"] > 3.0)
 
     wait_for(settled, timeout=30)
     runs = sorted(

@@ -335,9 +335,23 @@ def _worker_command(queue: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def release_after_one_success(q: Queue, url: str, release: Path) -> None:
+    """Create ``release`` once a job of ``q`` has succeeded (at most 150 s from now)."""
+    watch = Queue(q.name, url=url)
+    try:
+        deadline = time.monotonic() + 150
+        while not release.exists() and time.monotonic() < deadline:
+            if watch.stats()["succeeded"] >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        watch.close()
+        release.write_text("go")
+
+
 @pytest.mark.slow
 def test_a_worker_process_with_its_own_ephemeral_api_on_the_same_database(
-    prefect_api: Any, vqueue: Queue, url: str
+    prefect_api: Any, vqueue: Queue, url: str, tmp_path: Path
 ) -> None:
     """No PREFECT_API_URL anywhere: the worker process starts its own ephemeral API server on
     the SQLite database in PREFECT_HOME, which this process's ephemeral server also uses;
@@ -345,26 +359,37 @@ def test_a_worker_process_with_its_own_ephemeral_api_on_the_same_database(
     in the one database."""
     client = prefect_api
     q = vqueue
-    jobs = q.push_many("fftest_flows:sleepy", [{"n": i, "seconds": 0.3} for i in range(12)])
+    # The first job runs until this process's worker has finished one of the others: the
+    # process (one slot) cannot work the queue off alone while the worker here starts up,
+    # however long that takes on a busy machine.
+    release = tmp_path / "release"
+    jobs = [q.push("fftest_flows:sleepy_until", {"n": 0, "marker": str(release)})]
+    jobs += q.push_many("fftest_flows:sleepy", [{"n": i, "seconds": 0.3} for i in range(1, 12)])
     proc = subprocess.Popen(
         _worker_command(q.name), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    releaser = threading.Thread(target=release_after_one_success, args=(q, url, release))
     try:
         # Start here once the process has claimed a job, so both really work side by side.
         deadline = time.monotonic() + 120
         while q.stats()["running"] == 0 and proc.poll() is None:
             assert time.monotonic() < deadline, "the worker process never started a job"
             time.sleep(0.05)
+        releaser.start()
         local = make_worker(q, url, concurrency=1)
         run_in_thread(local)
         _out, err = proc.communicate(timeout=120)
     finally:
+        release.write_text("go")
+        if releaser.is_alive():
+            releaser.join(10)
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     records = [q.record(j.id) for j in jobs]
     assert all(r["status"] == "succeeded" for r in records), records
+    assert [r["result"] for r in records] == list(range(12))
 
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import blocked_ids, wait_for
 from fifoflow import Queue, keys
 from qops import claim
 
@@ -155,6 +156,7 @@ def test_push_wakes_a_blocked_worker(queue: Queue, any_url: str) -> None:
     assert claim_ids(queue, 5)  # nothing ready now: the claim drops stale wake tokens
     assert queue.client.llen(keys.wake(queue.name, "default")) == 0
     woke: list[float] = []
+    before = blocked_ids(queue.client)
 
     def block() -> None:
         client = Queue(queue.name, url=any_url).client
@@ -166,7 +168,7 @@ def test_push_wakes_a_blocked_worker(queue: Queue, any_url: str) -> None:
 
     t = threading.Thread(target=block)
     t.start()
-    time.sleep(0.2)
+    wait_for(lambda: blocked_ids(queue.client) - before, timeout=30)  # it waits: blocked
     pushed = time.monotonic()
     queue.push(T)
     t.join(10)

@@ -80,9 +80,10 @@ def test_lease_expiry_returns_jobs_to_their_original_place(queue: Queue) -> None
 
 def test_maintain_reaps_expired_leases(queue: Queue) -> None:
     job = queue.push(T)
-    claim(queue, "w", 1, ["default"], 0.4)
+    # a lease a busy machine cannot outlast between two calls by accident
+    claim(queue, "w", 1, ["default"], 1.5)
     assert maintain(queue) == (0, 0, 0)  # not yet expired
-    time.sleep(0.45)
+    time.sleep(1.55)
     assert maintain(queue) == (0, 1, 0)
     rec = job.to_dict()
     assert (rec["status"], rec["worker"]) == ("queued", None)
@@ -106,13 +107,16 @@ def test_expired_job_returns_to_its_own_pool(queue: Queue) -> None:
 
 def test_extend_keeps_the_lease(queue: Queue) -> None:
     job = queue.push(T)
-    _, [c] = claim(queue, "w", 1, ["default"], 0.15)
+    _, [c] = claim(queue, "w", 1, ["default"], 1.5)  # extended long before it runs out
+    extended = time.monotonic()
     assert extend(queue, [c], 30) == []
-    time.sleep(0.2)
+    time.sleep(1.55)  # past the first lease
     assert maintain(queue)[1] == 0
     assert job.status == "running"
     next_event, _ = claim(queue, "w", 1, ["default"], 30)
-    assert 29 < next_event <= 30
+    since = time.monotonic() - extended
+    # the lease now runs out 30 s after the extend: next_event is 30 s less the time since
+    assert 30 - since - 0.2 < next_event <= 30 - 1.5, (next_event, since)
     assert complete(queue, c, "ok", "null").outcome == "succeeded"
 
 

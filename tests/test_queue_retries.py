@@ -40,7 +40,17 @@ def wait_claim(q: Queue, timeout: float = 5.0) -> Claimed:
     raise AssertionError("nothing became claimable")
 
 
-def test_fail_retries_with_backoff_then_dead(fq: Queue) -> None:
+@pytest.fixture
+def slow_fq(any_url: str, qname: str) -> Iterator[Queue]:
+    """Back-off of 0.5-1 s, then 1-2 s: the job stays delayed long enough for the checks
+    below on a busy machine (housekeeping, which stats() runs, promotes a due job)."""
+    q = Queue(qname, url=any_url, settings=Settings(retry_base_seconds=1.0, retry_max_seconds=5.0))
+    yield q
+    q.close()
+
+
+def test_fail_retries_with_backoff_then_dead(slow_fq: Queue) -> None:
+    fq = slow_fq
     job = fq.push(T, {"message": "boom"}, retries=2)
     for attempt in (1, 2):
         c = wait_claim(fq)
@@ -53,7 +63,7 @@ def test_fail_retries_with_backoff_then_dead(fq: Queue) -> None:
         assert rec["due_at"] is not None
         # back-off: base * 2**(failures-1) * jitter in [0.5, 1]. With nothing else
         # scheduled, next_event is exactly that delay (same server clock reading).
-        full = 0.05 * 2 ** (attempt - 1)
+        full = 1.0 * 2 ** (attempt - 1)
         assert 0.5 * full - 1e-6 <= done.next_event <= full + 1e-6
         assert fq.stats()["delayed"] == 1
         assert fq.job_ids("delayed") == [job.id]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from conftest import wait_for
 from fifoflow import Queue, ServerError, server
 
 
@@ -169,27 +170,38 @@ import sys, time
 from pathlib import Path
 import redis
 from fifoflow import server
-home, start_at = Path(sys.argv[1]), float(sys.argv[2])
-time.sleep(max(0.0, start_at - time.time()))
+home, ready, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+ready.write_text("imported")
+deadline = time.monotonic() + 60
+while not go.exists() and time.monotonic() < deadline:
+    time.sleep(0.001)
 url = server.ensure_running(home)
 client = redis.Redis.from_url(url)
 print(url, client.info()["process_id"])
 """
 
 
-def test_concurrent_first_uses_end_with_one_server(home: Path) -> None:
-    start_at = time.time() + 2.0  # after every interpreter has imported fifoflow
+def test_concurrent_first_uses_end_with_one_server(home: Path, tmp_path: Path) -> None:
+    # A barrier, not a start time: every interpreter has imported fifoflow and waits for
+    # the go file, so the four first uses really race, however slow the start-ups are.
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(4)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CONCURRENT, str(home), repr(start_at)],
+            [sys.executable, "-c", CONCURRENT, str(home), str(r), str(go)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(4)
+        for r in ready
     ]
     outputs = []
     try:
+        wait_for(
+            lambda: all(r.exists() for r in ready) or any(p.poll() is not None for p in procs),
+            timeout=60,
+        )
+        go.write_text("go")
         for p in procs:
             out, err = p.communicate(timeout=60)
             assert p.returncode == 0, err

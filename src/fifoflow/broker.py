@@ -136,8 +136,9 @@ class Broker(Producing, BrokerReads, WorkerRegistry):
         sent it: ``resent``): the script then looks for what the first send did, so the
         common path pays nothing for it."""
         key = keys.prefix(queue)
-        for sent, pause in enumerate((*RESENDS, None)):
-            if (sent or resent) and resend_at is not None:
+        pauses = iter(RESENDS)
+        while True:
+            if resent and resend_at is not None:
                 args = [*args[:resend_at], "1", *args[resend_at + 1 :]]
             try:
                 with self.connection() if conn is None else contextlib.nullcontext(conn) as c:
@@ -145,14 +146,15 @@ class Broker(Producing, BrokerReads, WorkerRegistry):
             except LOST:
                 if conn is not None:
                     conn.disconnect()  # type: ignore[no-untyped-call]
+                pause = next(pauses, None)
                 if pause is None or before:
                     raise
                 time.sleep(pause)
+                resent = True
             except redis.ResponseError as e:
                 if is_oom(e):
                     raise ServerOutOfMemory(out_of_memory(name)) from None
                 raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     #: Where the resend flag sits in a claim request.
     CLAIM_RESEND = 7

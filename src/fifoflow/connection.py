@@ -71,8 +71,10 @@ def connect(
         raise ConnectionFailed(f"invalid server URL {redact(url)!r}: {e}") from None
     if check:
         ping(client, url)
+        info = server_info(client)
+        check_version(info, url)
         if not settings.allow_eviction:
-            refuse_eviction(client, url)
+            refuse_eviction(info, url)
     return client
 
 
@@ -90,22 +92,31 @@ def ping(client: redis.Redis, url: str) -> None:
         raise ConnectionFailed(f"cannot reach the server at {redact(url)}: {msg}") from None
 
 
-def eviction_policy(client: redis.Redis) -> str | None:
-    """The server's ``maxmemory-policy`` (from ``INFO memory``, which managed servers that
-    refuse ``CONFIG`` still answer), or None if it does not say."""
+def server_info(client: redis.Redis) -> dict[str, Any]:
+    """``INFO server`` and ``INFO memory`` (which managed servers that refuse ``CONFIG``
+    still answer); empty where the server refuses ``INFO`` too."""
     try:
-        info = client.info("memory")
+        return {**client.info("server"), **client.info("memory")}
     except redis.ResponseError:
-        return None
-    policy = info.get("maxmemory_policy")
-    return str(policy) if policy else None
+        return {}
 
 
-def refuse_eviction(client: redis.Redis, url: str) -> None:
+def check_version(info: dict[str, Any], url: str) -> None:
+    """Redis functions (``FUNCTION LOAD``, ``FCALL``) need Redis 7 (Valkey reports 7.2)."""
+    version = str(info.get("redis_version", ""))
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) < 7:
+        raise UsageError(
+            f"the server at {redact(url)} is Redis {version}; fifoflow needs Redis 7 or later "
+            "(or Valkey 7.2 or later)"
+        )
+
+
+def refuse_eviction(info: dict[str, Any], url: str) -> None:
     """An evicting server drops job records and index entries silently under memory
     pressure: acknowledged jobs would vanish. Refuse it, with one line."""
-    policy = eviction_policy(client)
-    if policy is not None and policy != "noeviction":
+    policy = info.get("maxmemory_policy")
+    if policy and policy != "noeviction":
         raise UsageError(
             f"the server at {redact(url)} evicts keys (maxmemory-policy {policy}), which "
             "loses jobs: set maxmemory-policy noeviction, or FIFOFLOW_ALLOW_EVICTION=1 to "

@@ -83,7 +83,14 @@ Call = Callable[[JobInfo, Callable[..., Any], dict[str, Any], dict[str, str]], A
 def direct_call(
     job: JobInfo, fn: Callable[..., Any], kwargs: dict[str, Any], extra: dict[str, str]
 ) -> Any:
-    return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    except TypeError as e:
+        # Raised by the call itself (no frame of the target under this one): the params
+        # do not bind. Said precisely, and never retried; checked only when it happens.
+        if e.__traceback__ is not None and e.__traceback__.tb_next is None:
+            bind(fn, job.target, kwargs)
+        raise
 
 
 class ParamsMismatch(TypeError):
@@ -158,7 +165,8 @@ def execute(job: Claimed, resolver: Resolver, call: Call = direct_call) -> Outco
     try:
         fn = resolver(job.target)
         kwargs = json.loads(job.params)
-        bind(fn, job.target, kwargs)
+        if call is not direct_call:  # other calls may do work before they bind (Prefect)
+            bind(fn, job.target, kwargs)
         value = call(info, fn, kwargs, extra)
         return Outcome("ok", encode_result(value, job.target), extra=extra)
     except BaseException as e:

@@ -59,7 +59,7 @@ class Pushed:
     status: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ClaimRequest:
     """Who claims how many jobs from which pools. ``nonce`` (random, chosen by the worker)
     becomes the fencing token of every job claimed and makes the request idempotent."""
@@ -86,13 +86,13 @@ class Claimed:
     attempts: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Claim:
     next_event: float  # seconds until something is due (-1: nothing scheduled)
     jobs: list[Claimed]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """The end of one attempt: ``ok`` with the result's JSON, or ``fail`` (retried while
     retries are left) / ``dead`` (never retried) with a one-line error."""
@@ -104,7 +104,7 @@ class Outcome:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Completion:
     outcome: str  # succeeded | retry | dead | stale
     next_event: float

@@ -1,15 +1,18 @@
-"""The Lua scripts, and ``run``: the one function in fifoflow that calls one.
+"""The Lua scripts, served as one Redis *function library*, and ``run``: the one function
+in fifoflow that calls one.
 
-A script is its own file, linked at load time: the helpers of ``_common.lua`` that it uses
-(directly or through each other) are put in front of it, in their order there, and every
-``S.name``, ``F.name``, ``K.name`` and ``E.name`` (a status, a job field, a key suffix, a
-counter) is replaced by its value from ``keys.Status``, ``keys.Field``, ``keys.Key`` and
-``keys.Event``, and every ``V.name`` by a value of ``keys`` (histogram buckets, caps): the
-Python definitions are the only ones, and a name they lack fails the load. (Redis runs a
-script's whole text on every call, so what a script does not use would cost every call.)
-The result is loaded
-into the server on first use and called by SHA; a ``NOSCRIPT`` answer (first use, or a
-server restart that emptied the script cache) loads it and sends the call again, once.
+Each ``scripts/NAME.lua`` is the body of one function (``KEYS`` and ``ARGV`` as in a
+script); ``_common.lua`` holds the helpers they share. ``library()`` builds the library:
+the helpers once, then each body registered as ``ff_VERSION_NAME``, where VERSION is a hash
+of the whole text, so two versions of fifoflow can share a server. Every ``S.name``,
+``F.name`` and ``K.name`` (a status, a job field, a key suffix) is replaced by its value
+from ``keys.Status``, ``keys.Field`` and ``keys.Key``: the Python enums are the one
+definition, and a name they lack fails the build.
+
+A library is loaded once per server (``FUNCTION LOAD``; it persists and replicates), not
+run again on every call as a script's text is: the helpers cost nothing per call. A call
+to a function the server does not have (first use, or a server that lost it) loads the
+library and sends the call again, once. Needs Redis 7 or Valkey 7.2 (``connection`` checks).
 Only the broker calls ``run``.
 """
 
@@ -25,7 +28,6 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
 
 from .keys import EVENTS_CAP, RUN_BUCKETS, WAIT_BUCKETS, Event, Field, Key, Status
 
@@ -52,8 +54,6 @@ VALUES: dict[str, str] = {
     "events_cap": str(EVENTS_CAP),
 }
 VALUE_RE = re.compile(r"\bV\.([a-z_]+)\b")
-DEFINITION_RE = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
-COMMENT_RE = re.compile(r"--[^\n]*")
 
 
 class ScriptError(ValueError):
@@ -75,51 +75,39 @@ def _constant(m: re.Match[str]) -> str:
         raise ScriptError(f"{m.group(0)}: {enum.__name__} has no {m.group(2).upper()}") from None
 
 
-def _definitions(common: str) -> list[tuple[str, str]]:
-    """``_common.lua`` cut into its top-level definitions, each with the comment lines
-    just above it: (name, text), in order."""
-    starts = []
-    for m in DEFINITION_RE.finditer(common):
-        start = m.start()
-        while True:  # take in the comment block right above the definition
-            above = common.rfind("\n", 0, start - 1) + 1
-            if start == 0 or not common.startswith("--", above):
-                break
-            start = above
-        starts.append((start, m.group(1)))
-    ends = [s for s, _ in starts[1:]] + [len(common)] if starts else []
-    return [(name, common[start:end]) for (start, name), end in zip(starts, ends, strict=True)]
-
-
-def link(body: str, common: str) -> str:
-    """The helpers ``body`` needs, then ``body``, with the constants replaced."""
-    definitions = _definitions(common)
-    needed: set[str] = set()
-    pending = [COMMENT_RE.sub("", body)]
-    while pending:
-        code = pending.pop()
-        for name, text in definitions:
-            if name not in needed and re.search(rf"\b{name}\b", code):
-                needed.add(name)
-                pending.append(COMMENT_RE.sub("", text))
-    helpers = "".join(text for name, text in definitions if name in needed)
-    return VALUE_RE.sub(_value, CONSTANT_RE.sub(_constant, helpers + body))
+def resolve(text: str) -> str:
+    """``text`` with every constant name in code (not in comments) replaced by its value."""
+    lines = []
+    for line in text.split("\n"):
+        code, dashes, comment = line.partition("--")
+        lines.append(VALUE_RE.sub(_value, CONSTANT_RE.sub(_constant, code)) + dashes + comment)
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
-class Script:
+class Library:
     name: str
     source: str
-    sha: str
+    #: script name -> the function name it is registered under
+    functions: dict[str, str]
+
+
+def _read(name: str) -> str:
+    return (resources.files("fifoflow") / "scripts" / name).read_text()
 
 
 @cache
-def script(name: str) -> Script:
-    if name not in NAMES:
-        raise KeyError(name)
-    folder = resources.files("fifoflow") / "scripts"
-    source = link((folder / f"{name}.lua").read_text(), (folder / "_common.lua").read_text())
-    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+def library() -> Library:
+    common = resolve(_read("_common.lua"))
+    bodies = {name: resolve(_read(f"{name}.lua")) for name in NAMES}
+    version = hashlib.sha1("".join([common, *bodies.values()]).encode()).hexdigest()[:12]
+    functions = {name: f"ff_{version}_{name}" for name in NAMES}
+    parts = [f"#!lua name=fifoflow_{version}", common]
+    for name, body in bodies.items():
+        parts.append(
+            f"redis.register_function('{functions[name]}', function(KEYS, ARGV)\n{body}\nend)\n"
+        )
+    return Library(f"fifoflow_{version}", "\n".join(parts), functions)
 
 
 def run(
@@ -130,7 +118,7 @@ def run(
     *,
     before: Sequence[Sequence[Any]] = (),
 ) -> tuple[list[Any], Any]:
-    """Run script ``name`` with KEYS = [key] and ARGV = args on ``conn``.
+    """Run function ``name`` with KEYS = [key] and ARGV = args on ``conn``.
 
     ``before`` are plain commands (a BLPOP, say) sent in the same packet, ahead of the
     script, so the server runs the script the moment they finish: one hop for both. Returns
@@ -138,8 +126,8 @@ def run(
     must still be read) and the script's reply (an error reply raises). Connection errors
     propagate with the connection in an unknown state: the caller disconnects it.
     """
-    s = script(name)
-    call = ("EVALSHA", s.sha, 1, key, *args)
+    lib = library()
+    call = ("FCALL", lib.functions[name], 1, key, *args)
     conn.send_packed_command(conn.pack_commands([*before, call]))  # type: ignore[no-untyped-call]
     replies: list[Any] = []
     for _ in before:
@@ -149,8 +137,14 @@ def run(
             replies.append(e)
     try:
         return replies, conn.read_response()
-    except NoScriptError:
-        conn.send_command("SCRIPT", "LOAD", s.source)  # type: ignore[no-untyped-call]
+    except redis.ResponseError as e:
+        if "function not found" not in str(e).lower():
+            raise
+    conn.send_command("FUNCTION", "LOAD", lib.source)  # type: ignore[no-untyped-call]
+    try:
         conn.read_response()
-        conn.send_command(*call)  # type: ignore[no-untyped-call]
-        return replies, conn.read_response()
+    except redis.ResponseError as e:  # another process loaded it meanwhile
+        if "already exists" not in str(e):
+            raise
+    conn.send_command(*call)  # type: ignore[no-untyped-call]
+    return replies, conn.read_response()

@@ -279,6 +279,8 @@ class Slots:
             return len(self._abandoned)
 
     def _abandoned_attempt_alive(self, job_id: str) -> bool:
+        if not self._abandoned:  # the common case, without the lock
+            return False
         with self.lock:
             return any(j == job_id and t.is_alive() for t, j in self._abandoned)
 
