@@ -71,7 +71,7 @@ end
 -- One finished attempt in the capped events stream: the dashboard's per-slot timeline.
 local function timeline(P, id, f, slot, now, outcome)
   redis.call('XADD', P .. K.events, 'MAXLEN', '~', V.events_cap, '*', 'id', id,
-    'target', f.target or '', 'pool', f.pool or '', 'worker', f.worker or '', 'slot', slot,
+    F.target, f.target or '', F.pool, f.pool or '', F.worker, f.worker or '', 'slot', slot,
     'started', f.started_at or '', 'finished', fmt_time(now), 'outcome', outcome)
 end
 
