@@ -162,20 +162,56 @@ class BrokerReads:
                 low = f"({score}"
         return oldest
 
-    def timeline(self, queue: str, count: int = 1000) -> list[dict[str, Any]]:
-        """The last ``count`` finished attempts (the capped events stream), newest first."""
+    def timeline(
+        self, queue: str, count: int = 1000, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The last ``count`` finished attempts (the capped events stream), newest first;
+        with ``since`` (Unix seconds) only those that finished from then on."""
+        low = "-" if since is None else str(max(0, int(since * 1000)))
         entries = cast(
             list[tuple[str, dict[str, str]]],
-            self.client.xrevrange(keys.queue_key(queue, Key.EVENTS), count=count),
+            self.client.xrevrange(keys.queue_key(queue, Key.EVENTS), "+", low, count=count),
         )
-        out = []
-        for entry_id, fields in entries:
-            row: dict[str, Any] = dict(fields)
-            row["event_id"] = entry_id
-            for t in ("started", "finished"):
-                row[t] = float(row[t]) if row.get(t) else None
-            out.append(row)
-        return out
+        return [_event(entry_id, fields) for entry_id, fields in entries]
+
+    def attempts(
+        self,
+        queue: str,
+        job_id: str,
+        since: float,
+        until: float | None = None,
+        want: int = 1,
+        scan: int = keys.EVENTS_CAP,
+        chunk: int = 500,
+    ) -> list[dict[str, Any]]:
+        """The job's finished attempts in the events stream, oldest first: the stream is read
+        backwards from ``until`` (its last finish; None: now) to ``since`` (its push), in
+        chunks, until ``want`` attempts are found or ``scan`` entries were read (one command
+        per chunk: at most ``scan / chunk`` however long the queue). Older attempts than the
+        stream keeps are gone."""
+        stream = keys.queue_key(queue, Key.EVENTS)
+        high = "+" if until is None else str(int(until * 1000) + 1)
+        low = str(max(0, int(since * 1000)))
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        while scanned < scan:
+            entries = cast(
+                list[tuple[str, dict[str, str]]],
+                self.client.xrevrange(stream, high, low, count=min(chunk, scan - scanned)),
+            )
+            found += [_event(i, f) for i, f in entries if f.get("id") == job_id]
+            scanned += len(entries)
+            if len(found) >= want or len(entries) < chunk:
+                break
+            high = f"({entries[-1][0]}"
+        return found[::-1]
+
+    def ready_counts(self, queue: str, pools: Sequence[str]) -> dict[str, int]:
+        """Jobs ready per pool: one ZCARD each."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in pools:
+            pipe.zcard(keys.ready(queue, p))
+        return dict(zip(pools, (int(n) for n in pipe.execute()), strict=True))
 
     def page(
         self,
@@ -183,38 +219,90 @@ class BrokerReads:
         status: str | None = None,
         *,
         pool: str | None = None,
+        target: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
         newest_first: bool = True,
+        rounds: int = 1,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of jobs and the cursor of the next (None: no more). Bounded by the page:
-        one listing command (one per pool for queued jobs) and one read per job. Without a
-        status: every job by push order (newest first unless told otherwise); ``queued``:
-        in run order (priority, then push order); other statuses: by their set's time
-        (finish, due or lease time), newest first unless told otherwise."""
+        """One page of jobs and the cursor of the next (None: no more). Without a status:
+        every job by push order (newest first unless told otherwise); ``queued``: in run
+        order (priority, then push order); other statuses: by their set's time (finish, due
+        or lease time), newest first unless told otherwise.
+
+        Bounded by the page, whatever the queue's size: a round reads a window of ``limit``
+        + 1 entries from each listed set (one command each, from the cursor's offset in that
+        set; the one more says whether a next page exists) and the records of the first
+        ``limit`` of them in merged order (one command each). A filter the sets cannot
+        apply (``pool`` beside a status other than queued, a ``target`` substring) drops
+        what does not match; up to ``rounds`` windows are read to fill the page, and the
+        cursor says where the scan stopped."""
         if status is not None and status not in STATUSES:
             raise UsageError(f"unknown status {status!r}: one of {', '.join(STATUSES)}")
-        start = int(cursor or 0)
-        stop = start + limit - 1
+        if limit < 1 or rounds < 1:
+            raise UsageError("limit and rounds must be at least 1")
         if status == Status.QUEUED:  # run order: priority, then push order
-            sets = [keys.ready(queue, p) for p in ([pool] if pool else self.pools(queue))]
+            names = [pool] if pool else self.pools(queue)
+            sets = {n: keys.ready(queue, n) for n in names}
             descending = False
         else:
-            sets = [keys.queue_key(queue, k) for k in self._sets_of(status)]
+            sets = {str(k): keys.queue_key(queue, k) for k in self._sets_of(status)}
             descending = newest_first
-        pipe = self.client.pipeline(transaction=False)
-        for zkey in sets:
-            if descending:
-                pipe.zrevrange(zkey, 0, stop, withscores=True)
-            else:
-                pipe.zrange(zkey, 0, stop, withscores=True)
-        merged = sorted(
-            ((score, job_id) for part in pipe.execute() for job_id, score in part),
-            reverse=descending,
-        )
-        ids = [job_id for _, job_id in merged][start : stop + 1]
-        records = self.records(queue, ids)
-        if pool is not None and status != Status.QUEUED:
-            records = [r for r in records if r["pool"] == pool]
-        more = len(ids) == limit
-        return records, (str(stop + 1) if more else None)
+        offsets = _parse_cursor(cursor, list(sets))
+
+        def wanted(r: dict[str, Any]) -> bool:
+            if pool is not None and status != Status.QUEUED and r["pool"] != pool:
+                return False
+            return not target or target in str(r["target"])
+
+        out: list[dict[str, Any]] = []
+        more = False
+        for _ in range(rounds):
+            pipe = self.client.pipeline(transaction=False)
+            for name, zkey in sets.items():
+                read = pipe.zrevrange if descending else pipe.zrange
+                read(zkey, offsets[name], offsets[name] + limit, withscores=True)
+            parts = dict(zip(sets, pipe.execute(), strict=True))
+            merged = sorted(
+                ((score, job_id, name) for name, part in parts.items() for job_id, score in part),
+                reverse=descending,
+            )  # its first `limit` + 1 are the listing's next ones: no set has more before them
+            records = {r["id"]: r for r in self.records(queue, [m[1] for m in merged[:limit]])}
+            used = 0
+            for _, job_id, name in merged[:limit]:
+                used += 1
+                offsets[name] += 1
+                record = records.get(job_id)
+                if record is not None and wanted(record):
+                    out.append(record)
+                    if len(out) == limit:
+                        break
+            more = used < len(merged)
+            if len(out) == limit or not more:
+                break
+        return out, (_format_cursor(offsets) if more else None)
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    row: dict[str, Any] = dict(fields)
+    row["event_id"] = entry_id
+    for t in ("started", "finished"):
+        row[t] = float(row[t]) if row.get(t) else None
+    return row
+
+
+def _parse_cursor(cursor: str | None, names: Sequence[str]) -> dict[str, int]:
+    """``name:offset,...`` (one offset per listed set; a set not named starts at 0)."""
+    offsets = dict.fromkeys(names, 0)
+    for part in (cursor or "").split(","):
+        if not part:
+            continue
+        name, _, offset = part.rpartition(":")
+        if not offset.isdigit() or name not in offsets:
+            raise UsageError(f"invalid cursor {cursor!r}")
+        offsets[name] = int(offset)
+    return offsets
+
+
+def _format_cursor(offsets: dict[str, int]) -> str:
+    return ",".join(f"{name}:{n}" for name, n in offsets.items() if n)
