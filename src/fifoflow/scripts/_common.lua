@@ -87,12 +87,15 @@ local function earliest_due(P)
 end
 
 -- A job waits in a due-time set (delayed or retry). When it is due before everything
--- else, a wake token makes an idle worker recompute how long it may block.
+-- else, an idle worker must recompute how long it may block: a wake token does that.
+-- Returns the pool to wake then, or nil; the caller wakes it once it has done everything
+-- else (a claim in the same call would otherwise drop the token: nothing is ready yet).
 local function schedule(P, zkey, id, due, pool)
   local soonest = earliest_due(P)
   redis.call('ZADD', P .. zkey, due, id)
   redis.call('HSET', job_key(P, id), F.status, S.delayed, F.due_at, fmt_time(due))
-  if soonest == nil or due < soonest then wake(P, pool) end
+  if soonest == nil or due < soonest then return pool end
+  return nil
 end
 
 -- Move due jobs from a due-time set (delayed or retry) into their ready sets.
@@ -345,7 +348,11 @@ local function publish(P, ids, keys_by_id, spec, now)
   end
   for id, key in pairs(keys_by_id) do redis.call('HSET', P .. K.keys, key, id) end
   if spec.delay > 0 then
-    for _, id in ipairs(ids) do schedule(P, K.delayed, id, now + spec.delay, spec.pool) end
+    local first = nil
+    for _, id in ipairs(ids) do
+      first = schedule(P, K.delayed, id, now + spec.delay, spec.pool) or first
+    end
+    if first then wake(P, first) end
     return S.delayed
   end
   local score = -tonumber(spec.priority)

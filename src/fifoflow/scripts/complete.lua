@@ -25,6 +25,7 @@ local now = now_s()
 local cur = read(jk, F.token, F.status, F.retries, F.key, F.failures, F.pool, F.done,
   F.started_at, F.target, F.worker)
 local result = 'stale'
+local wake_after = nil  -- a retry due before anything else: wake a worker at the end
 if cur.token == token and cur.status == S.running and token ~= '' then
   redis.call('ZREM', P .. K.running, job_id)
   local ran = math.max(now - (tonumber(cur.started_at) or now), 0)
@@ -57,7 +58,7 @@ if cur.token == token and cur.status == S.running and token ~= '' then
     if retry then
       local delay = math.min(retry_base * (2 ^ (failures - 1)), retry_cap) * jitter
       redis.call('HSET', jk, F.token, '', unpack(fields))
-      schedule(P, K.retry, job_id, now + delay, cur.pool)
+      wake_after = schedule(P, K.retry, job_id, now + delay, cur.pool)
       count(P, E.retried, cur.pool)
     else
       finish(P, job_id, S.dead, now, req.policy.ttl, cur.key, fields)
@@ -77,6 +78,7 @@ end
 -- The time to the next event matters only to a slot that is about to go idle.
 local soonest = -1
 if req.n == 0 or #out < req.n * 5 then soonest = next_event(P, now) end
+if wake_after then wake(P, wake_after) end
 table.insert(out, 1, tostring(soonest))
 table.insert(out, 1, result)
 return out
