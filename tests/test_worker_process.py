@@ -197,6 +197,34 @@ def test_idle_worker_starts_a_pushed_job_at_once(vqueue: Queue, procs: Processes
         assert rec["started_at"] - rec["created_at"] < 0.5
 
 
+def test_a_retry_starts_when_due_on_an_idle_worker(
+    vqueue: Queue, procs: Processes, tmp_path: Path
+) -> None:
+    """The report that schedules a retry also claims the slot's next job: finding nothing
+    ready, that claim used to drop the wake token the retry had left, so the idle worker
+    slept out its whole wait (up to 5 s) before it saw the retry was due."""
+    env = {"FIFOFLOW_RETRY_BASE_SECONDS": "1.0"}  # back-off 0.5-1 s (jitter)
+    before = blocked_ids(vqueue.client)
+    w = procs.worker("fftest_targets", "-c", "3", env=env)
+    wait_blocked(vqueue.client, before, w)
+    # One slot held busy, so the dispatcher waits on the server (for its idle slots), not
+    # on its slots, when the flaky job fails in another.
+    release = tmp_path / "release"
+    vqueue.push("fftest_targets:hold", {"marker": str(release)})
+    job = vqueue.push("fftest_targets:flaky", {"marker": str(tmp_path / "flaky")}, retries=1)
+    try:
+        assert job.result(timeout=30) == "ok"
+    finally:
+        release.write_text("go")
+    rec = vqueue.record(job.id)
+    assert rec is not None and rec["attempts"] == 2
+    events = {e["outcome"]: e for e in vqueue.broker.timeline(vqueue.name, 10)}
+    failed_at = events["retry"]["finished"]
+    late = rec["started_at"] - failed_at
+    print(f"\nretry started {late:.2f}s after the failure (back-off 0.5-1 s)")
+    assert late < 2.5, f"the retry started {late:.2f}s after the failure"
+
+
 def test_status_jobs_and_workers_commands_show_a_live_worker(
     vqueue: Queue, procs: Processes, tmp_path: Path
 ) -> None:

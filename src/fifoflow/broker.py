@@ -220,12 +220,14 @@ class Broker(Producing, BrokerReads, WorkerRegistry):
         outcome: Outcome,
         next_claim: ClaimRequest | None = None,
         *,
+        slot: int | None = None,
         conn: redis.Connection | None = None,
         resent: bool = False,
     ) -> Completion:
         """Record one attempt's outcome and, with ``next_claim``, claim the slot's next
         job in the same call. A report without the job's current token is refused
-        (``stale``): a worker whose lease was taken over cannot overwrite the record."""
+        (``stale``): a worker whose lease was taken over cannot overwrite the record.
+        ``slot``: which of the worker's slots ran it (for the timeline)."""
         p = self.policy
         req = next_claim or ClaimRequest("", 0, (), 0.0, nonce())
         jitter = "1" if outcome.kind == "ok" else repr(random.uniform(0.5, 1.0))
@@ -239,6 +241,7 @@ class Broker(Producing, BrokerReads, WorkerRegistry):
             repr(p.retry_base),
             repr(p.retry_max),
             jitter,
+            "" if slot is None else str(slot),
             *self._claim_args(req),
         ]
         resend_at = len(args) - len(req.pools) - 1

@@ -67,6 +67,7 @@ class Field(StrEnum):
     ERROR = "error"
     TRACEBACK = "traceback"
     FLOW_RUN_ID = "flow_run_id"
+    QUEUED_AT = "queued_at"  # when it last entered a ready set (queue wait starts)
 
 
 class Key(StrEnum):
@@ -90,6 +91,31 @@ class Key(StrEnum):
     REQ = "req:"  # + request nonce: the reply of a request already done (idempotence)
     STAGE = "stage:"  # + push id: list of ids staged by a multi-batch push
     STAGING = "staging"  # zset, push ids being staged, score = start time (for clean-up)
+    STATS = "stats"  # hash, monotonic counters: EVENT:POOL -> count
+    HIST = "hist"  # hash, histograms: NAME:POOL:BUCKET -> count, NAME_us:POOL -> sum (µs)
+    EVENTS = "events"  # stream, the last attempts (capped): the dashboard's timeline
+    ALL = "all"  # zset, every job, score = its rank (push time), for listings newest first
+
+
+class Event(StrEnum):
+    """The monotonic counters kept per queue and pool (``Key.STATS``). Jobs started are
+    the count of the queue-wait histogram (one observation per claim)."""
+
+    PUSHED = "pushed"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # attempts that failed (each retry, and the last one before dead)
+    RETRIED = "retried"
+    DEAD = "dead"
+    LOST = "lost"  # leases lost: the worker died or was cut off
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"  # dead jobs put back in line
+
+
+#: Histogram bucket upper bounds, in seconds (a last bucket, +Inf, is implied).
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
+#: Attempts kept in a queue's events stream (approximately: trimmed by whole nodes).
+EVENTS_CAP = 10000
 
 
 def valid_name(name: str) -> bool:

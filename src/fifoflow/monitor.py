@@ -1,5 +1,6 @@
 """The monitor: a worker's heartbeat (lease renewal and its registry entry, with its
-health), timeouts of thread-slot jobs, and periodic housekeeping of its queues."""
+health), timeouts of thread-slot jobs, and periodic housekeeping of its queues; and the
+worker's own Prometheus endpoint (``--metrics-port``)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ class Monitor:
             "pools": list(w.pools),
             "concurrency": w.concurrency,
             "running": [j.id for j in (running or [])],
+            "slots": w.slots.by_slot(),
             "processed": w.processed,
             "started_at": w.started_at,
             "heartbeat": time.time(),
@@ -99,7 +101,7 @@ class Monitor:
         w = self.w
         job = run.job
         outcome = Outcome("fail", f"TimeoutError: job exceeded its timeout of {job.timeout:g}s")
-        result = w.retry(lambda: w.broker.complete(job, outcome), forever=True)
+        result = w.retry(lambda: w.broker.complete(job, outcome, slot=slot.index), forever=True)
         log.warning("job %s %s timed out (%s)", job.id, job.target, result.outcome)
         alive = w.slots.replace(slot, run)
         w.health.abandoned = alive
@@ -108,3 +110,28 @@ class Monitor:
                 f"{alive} abandoned thread(s) still running (jobs past their timeout; "
                 f"--max-abandoned {w.max_abandoned})"
             )
+
+
+class MetricsEndpoint:
+    """``/metrics`` of the worker's queues on ``host:port`` (loopback unless told
+    otherwise), served by ``prometheus_client`` from a thread of its own."""
+
+    def __init__(self, worker: Worker, host: str, port: int) -> None:
+        self.w, self.host, self.port = worker, host, port
+        self._server: Any = None
+
+    def start(self) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from .metrics import FifoflowCollector
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(FifoflowCollector(self.w.broker, self.w.queues))
+        self._server, _ = start_http_server(self.port, addr=self.host, registry=registry)
+        self.port = self._server.server_port
+        log.info("worker %s: metrics on http://%s:%d/metrics", self.w.name, self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

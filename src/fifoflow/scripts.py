@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from .keys import Field, Key, Status
+from .keys import EVENTS_CAP, RUN_BUCKETS, WAIT_BUCKETS, Event, Field, Key, Status
 
 NAMES = (
     "push",
@@ -45,12 +45,26 @@ NAMES = (
     "requeue",
     "purge",
 )
-CONSTANTS: dict[str, type[StrEnum]] = {"S": Status, "F": Field, "K": Key}
-CONSTANT_RE = re.compile(r"\b([SFK])\.([a-z_]+)\b")
+CONSTANTS: dict[str, type[StrEnum]] = {"S": Status, "F": Field, "K": Key, "E": Event}
+CONSTANT_RE = re.compile(r"\b([SFKE])\.([a-z_]+)\b")
+#: Values (not names) the scripts take from Python: ``V.name``.
+VALUES: dict[str, str] = {
+    "wait_buckets": "{" + ", ".join(repr(float(b)) for b in WAIT_BUCKETS) + "}",
+    "run_buckets": "{" + ", ".join(repr(float(b)) for b in RUN_BUCKETS) + "}",
+    "events_cap": str(EVENTS_CAP),
+}
+VALUE_RE = re.compile(r"\bV\.([a-z_]+)\b")
 
 
 class ScriptError(ValueError):
     """A script names a constant the enums do not define."""
+
+
+def _value(m: re.Match[str]) -> str:
+    try:
+        return VALUES[m.group(1)]
+    except KeyError:
+        raise ScriptError(f"{m.group(0)}: no such value") from None
 
 
 def _constant(m: re.Match[str]) -> str:
@@ -66,7 +80,7 @@ def resolve(text: str) -> str:
     lines = []
     for line in text.split("\n"):
         code, dashes, comment = line.partition("--")
-        lines.append(CONSTANT_RE.sub(_constant, code) + dashes + comment)
+        lines.append(VALUE_RE.sub(_value, CONSTANT_RE.sub(_constant, code)) + dashes + comment)
     return "\n".join(lines)
 
 

@@ -204,7 +204,9 @@ class Slots:
             sends += 1
             if slot.conn is None:
                 slot.conn = w.broker.client.connection_pool.get_connection()
-            return w.broker.complete(job, outcome, req, conn=slot.conn, resent=sends > 1)
+            return w.broker.complete(
+                job, outcome, req, slot=slot.index, conn=slot.conn, resent=sends > 1
+            )
 
         result = w.retry(report, forever=True)
         w.processed += 1
@@ -231,6 +233,17 @@ class Slots:
                 s.run.job
                 for s in self.slots
                 if s.run is not None and not s.run.abandoned and not s.run.finishing
+            ]
+
+    def by_slot(self) -> list[tuple[str, float] | None]:
+        """Per slot: (job id, when it started, Unix time) or None: for the timeline."""
+        now_mono, now = time.monotonic(), time.time()
+        with self.lock:
+            return [
+                (s.run.job.id, now - (now_mono - s.run.started))
+                if s.run is not None and not s.run.abandoned
+                else None
+                for s in self.slots
             ]
 
     def overdue(self, now: float) -> tuple[list[tuple[Slot, Run]], list[float]]:

@@ -32,7 +32,7 @@ from .deathwatch import DeathWatch
 from .dispatcher import Dispatcher
 from .errors import UsageError
 from .execution import Call, direct_call
-from .monitor import Monitor
+from .monitor import MetricsEndpoint, Monitor
 from .procslot import ProcessRunner
 from .records import Claimed, Outcome
 from .resilience import Health, Retrier, Stopping, supervised
@@ -73,6 +73,8 @@ class Worker:
         processes: bool = False,
         max_lost: int | None = None,
         max_abandoned: int | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
@@ -112,6 +114,9 @@ class Worker:
         self.dispatcher = Dispatcher(self)
         self.monitor = Monitor(self)
         self.services: list[Service] = [self.monitor, DeathWatch(self)]
+        self.metrics = (
+            None if metrics_port is None else MetricsEndpoint(self, metrics_host, metrics_port)
+        )
 
     def attempt_done(self, job: Claimed, outcome: Outcome, duration: float) -> None:
         """Called by a slot after each attempt, before its report (a hook for modes that
@@ -141,6 +146,8 @@ class Worker:
             " (processes)" if self.processes else "",
             ",".join(self.modules),
         )
+        if self.metrics is not None:
+            self.metrics.start()
         self.slots.start()
         threads = [supervised(s.name, s.run, self.health, self.stopped) for s in self.services]
         for t in threads:
@@ -227,3 +234,5 @@ class Worker:
         self.retry.once(lambda: self.broker.unregister_worker(self.name))
         log.info("worker %s: stopped after %d job(s)", self.name, self.processed)
         self.dispatcher.close()
+        if self.metrics is not None:
+            self.metrics.stop()

@@ -42,6 +42,10 @@ def worker(
         int | None,
         typer.Option(min=1, help="Abandoned threads (timed-out jobs) before a restart [8]."),
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Serve Prometheus /metrics on this port.")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Interface of --metrics-port.")] = "127.0.0.1",
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
 ) -> None:
     """Run jobs from the queues, greedily, up to --concurrency at once."""
@@ -68,6 +72,8 @@ def worker(
         processes=processes,
         max_lost=max_lost,
         max_abandoned=max_abandoned,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     if prefect:
         try:
@@ -151,16 +157,38 @@ def demo() -> None:
 def dashboard(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
+    allow_actions: Annotated[
+        bool,
+        typer.Option(
+            "--allow-actions",
+            help="Allow requeue, purge and cancel, with a token (FIFOFLOW_DASHBOARD_TOKEN, "
+            "or one printed at start).",
+        ),
+    ] = False,
+    prefect_ui: Annotated[
+        str | None, typer.Option(help="Prefect UI base URL for flow-run links [PREFECT_UI_URL].")
+    ] = None,
 ) -> None:
-    """The web dashboard (loopback only unless told otherwise)."""
-    from ..dashboard import make_server
+    """The web dashboard (loopback only unless told otherwise; read-only by default)."""
+    from ..broker import Broker
+    from ..dashboard import Config, DashboardServer, create_app
+    from ..dashboard.security import new_token
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    env_token = os.environ.get("FIFOFLOW_DASHBOARD_TOKEN") or None
+    token = (env_token or new_token()) if allow_actions else None
+    ui = prefect_ui or os.environ.get("PREFECT_UI_URL") or "http://127.0.0.1:4200"
+    config = Config(allow_actions=allow_actions, token=token, prefect_ui=ui.rstrip("/"))
+    app = create_app(Broker.connect(), config)
     try:
-        httpd = make_server(host, port)
+        srv = DashboardServer(app, host, port)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    err.print(f"fifoflow dashboard on http://{host}:{httpd.server_port}/ (Ctrl-C stops it)")
-    try:
-        httpd.serve_forever()
-    finally:
-        httpd.server_close()
+    err.print(f"fifoflow dashboard on {srv.url}/ (Ctrl-C stops it)", markup=False, soft_wrap=True)
+    if token and not env_token:
+        err.print(f"actions token: {token}", markup=False, soft_wrap=True)
+    elif token:
+        err.print("actions token: from FIFOFLOW_DASHBOARD_TOKEN", markup=False)
+    else:
+        err.print("read-only (start with --allow-actions for requeue, purge, cancel)")
+    srv.run()

@@ -1,7 +1,8 @@
 -- _common.lua: helpers the scripts share, defined once in fifoflow's function library
--- (scripts.py builds it). S.name, F.name and K.name are replaced by the values of
--- keys.Status (job statuses), keys.Field (job hash fields) and keys.Key (key suffixes):
--- one definition, in Python. Every key a script touches starts with the prefix P = KEYS[1] = "ff:{QUEUE}:",
+-- (scripts.py builds it). S.name, F.name, K.name and E.name are replaced by the values of
+-- keys.Status (job statuses), keys.Field (job hash fields), keys.Key (key suffixes) and
+-- keys.Event (counters), V.name by values of keys (buckets, caps): one definition, in
+-- Python. Every key a script touches starts with the prefix P = KEYS[1] = "ff:{QUEUE}:",
 -- so all of them live in one Cluster slot; the keys are described in docs/architecture.md.
 
 -- Wake tokens kept per pool at most; one wakes one blocked worker.
@@ -41,10 +42,37 @@ end
 
 -- Put a job (back) at its place in line: its score is fixed by its priority and its
 -- member by its id, so a retried, reaped or released job lands where it was.
-local function enqueue_ready(P, id, pool, priority)
+local function enqueue_ready(P, id, pool, priority, now)
   redis.call('ZADD', P .. K.ready .. pool, -tonumber(priority), id)
-  redis.call('HSET', job_key(P, id), F.status, S.queued)
+  redis.call('HSET', job_key(P, id), F.status, S.queued, F.queued_at, fmt_time(now))
   wake(P, pool)
+end
+
+-- Monotonic counters (hash K.stats, field EVENT:POOL): never decremented, so they outlive
+-- the job records they count.
+local function count(P, event, pool, n)
+  redis.call('HINCRBY', P .. K.stats, event .. ':' .. pool, n or 1)
+end
+
+-- One observation of a histogram (hash K.hist): its bucket's count (NAME:POOL:I, I = 1 for
+-- the first bound ... #bounds + 1 for +Inf) and the sum in microseconds (NAME_us:POOL).
+local function observe(P, name, pool, bounds, seconds)
+  local i = #bounds + 1
+  for b = 1, #bounds do
+    if seconds <= bounds[b] then
+      i = b
+      break
+    end
+  end
+  redis.call('HINCRBY', P .. K.hist, name .. ':' .. pool .. ':' .. i, 1)
+  redis.call('HINCRBY', P .. K.hist, name .. '_us:' .. pool, math.floor(seconds * 1000000))
+end
+
+-- One finished attempt in the capped events stream: the dashboard's per-slot timeline.
+local function timeline(P, id, f, slot, now, outcome)
+  redis.call('XADD', P .. K.events, 'MAXLEN', '~', V.events_cap, '*', 'id', id,
+    F.target, f.target or '', F.pool, f.pool or '', F.worker, f.worker or '', 'slot', slot,
+    'started', f.started_at or '', 'finished', fmt_time(now), 'outcome', outcome)
 end
 
 local function earliest_due(P)
@@ -59,12 +87,15 @@ local function earliest_due(P)
 end
 
 -- A job waits in a due-time set (delayed or retry). When it is due before everything
--- else, a wake token makes an idle worker recompute how long it may block.
+-- else, an idle worker must recompute how long it may block: a wake token does that.
+-- Returns the pool to wake then, or nil; the caller wakes it once it has done everything
+-- else (a claim in the same call would otherwise drop the token: nothing is ready yet).
 local function schedule(P, zkey, id, due, pool)
   local soonest = earliest_due(P)
   redis.call('ZADD', P .. zkey, due, id)
   redis.call('HSET', job_key(P, id), F.status, S.delayed, F.due_at, fmt_time(due))
-  if soonest == nil or due < soonest then wake(P, pool) end
+  if soonest == nil or due < soonest then return pool end
+  return nil
 end
 
 -- Move due jobs from a due-time set (delayed or retry) into their ready sets.
@@ -73,7 +104,7 @@ local function promote(P, zkey, now, limit)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. zkey, id)
     local f = read(job_key(P, id), F.pool, F.priority)
-    if f.pool then enqueue_ready(P, id, f.pool, f.priority) end
+    if f.pool then enqueue_ready(P, id, f.pool, f.priority, now) end
   end
   return #due
 end
@@ -98,18 +129,22 @@ end
 local function lose(P, id, now, policy)
   local jk = job_key(P, id)
   redis.call('ZREM', P .. K.running, id)
-  local f = read(jk, F.pool, F.priority, F.worker, F.lost, F.max_lost, F.key)
+  local f = read(jk, F.pool, F.priority, F.worker, F.lost, F.max_lost, F.key, F.target,
+    F.started_at)
   if not f.pool then return end
   local lost = (tonumber(f.lost) or 0) + 1
   local limit = tonumber(f.max_lost) or policy.max_lost
+  count(P, E.lost, f.pool)
+  timeline(P, id, f, '', now, E.lost)
   if lost > limit then
     local reason = 'WorkerLost: lost its worker ' .. lost .. ' times (last: ' ..
       (f.worker or '?') .. ')'
     finish(P, id, S.dead, now, policy.ttl, f.key, {F.lost, lost, F.error, reason,
       F.worker, ''})
+    count(P, E.dead, f.pool)
   else
     redis.call('HSET', jk, F.token, '', F.worker, '', F.lost, lost)
-    enqueue_ready(P, id, f.pool, f.priority)
+    enqueue_ready(P, id, f.pool, f.priority, now)
   end
 end
 
@@ -196,8 +231,11 @@ local function claim(P, req, now)
       break
     end
     local jk = job_key(P, id)
-    local f = read(jk, F.target, F.params, F.timeout, F.attempts)
+    local f = read(jk, F.target, F.params, F.timeout, F.attempts, F.pool, F.queued_at,
+      F.created_at)
     f.attempts = tostring((tonumber(f.attempts) or 0) + 1)
+    local queued = tonumber(f.queued_at or f.created_at) or now
+    observe(P, 'wait', f.pool or '', V.wait_buckets, math.max(now - queued, 0))
     redis.call('HSET', jk, F.status, S.running, F.started_at, started, F.worker, req.worker,
       F.token, req.nonce, F.attempts, f.attempts,
       F.claim_seq, redis.call('INCR', P .. K.claims))
@@ -298,9 +336,23 @@ end
 -- the cap) or delayed, and their keys enter the dedupe index.
 local function publish(P, ids, keys_by_id, spec, now)
   redis.call('SADD', P .. K.pools, spec.pool)
+  if #ids > 0 then count(P, E.pushed, spec.pool, #ids) end
+  local by_rank = {}
+  for i, id in ipairs(ids) do
+    by_rank[#by_rank + 1] = tonumber(string.sub(id, 1, 14), 16)
+    by_rank[#by_rank + 1] = id
+    if #by_rank >= 4000 or i == #ids then
+      redis.call('ZADD', P .. K.all, unpack(by_rank))
+      by_rank = {}
+    end
+  end
   for id, key in pairs(keys_by_id) do redis.call('HSET', P .. K.keys, key, id) end
   if spec.delay > 0 then
-    for _, id in ipairs(ids) do schedule(P, K.delayed, id, now + spec.delay, spec.pool) end
+    local first = nil
+    for _, id in ipairs(ids) do
+      first = schedule(P, K.delayed, id, now + spec.delay, spec.pool) or first
+    end
+    if first then wake(P, first) end
     return S.delayed
   end
   local score = -tonumber(spec.priority)

@@ -15,4 +15,5 @@ else
   return cur.status
 end
 finish(P, job_id, S.cancelled, now_s(), ttl, cur.key)
+count(P, E.cancelled, cur.pool)
 return S.cancelled

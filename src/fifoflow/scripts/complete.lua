@@ -9,21 +9,27 @@
 -- ARGV[5]  traceback ('' if none)
 -- ARGV[6]  more fields to record, as a JSON object ('' = none), e.g. {"flow_run_id": "..."}
 -- ARGV[7]  retry base seconds     ARGV[8] retry cap seconds    ARGV[9] jitter in [0.5, 1]
--- ARGV[10..] the claim request for the slot's next job (N = 0: none), as in claim.lua
+-- ARGV[10] the worker's slot that ran it ('' if none): for the timeline
+-- ARGV[11..] the claim request for the slot's next job (N = 0: none), as in claim.lua
 -- Returns  {outcome, next_event_seconds, claimed jobs (5 fields each)...}
 --          outcome: 'succeeded' | 'retry' | 'dead' | 'stale'
 local P = KEYS[1]
 local job_id, token, outcome, payload, tb, extra = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   ARGV[5], ARGV[6]
 local retry_base, retry_cap, jitter = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local req = claim_request(ARGV, 10)
+local slot = ARGV[10]
+local req = claim_request(ARGV, 11)
 local jk = job_key(P, job_id)
 local now = now_s()
 
-local cur = read(jk, F.token, F.status, F.retries, F.key, F.failures, F.pool, F.done)
+local cur = read(jk, F.token, F.status, F.retries, F.key, F.failures, F.pool, F.done,
+  F.started_at, F.target, F.worker)
 local result = 'stale'
+local wake_after = nil  -- a retry due before anything else: wake a worker at the end
 if cur.token == token and cur.status == S.running and token ~= '' then
   redis.call('ZREM', P .. K.running, job_id)
+  local ran = math.max(now - (tonumber(cur.started_at) or now), 0)
+  observe(P, 'run', cur.pool, V.run_buckets, ran)
   local fields = {}
   if extra ~= '' then
     for name, value in pairs(cjson.decode(extra)) do
@@ -39,6 +45,7 @@ if cur.token == token and cur.status == S.running and token ~= '' then
     fields[#fields + 1] = token .. '|' .. result
     if cur.failures then redis.call('HDEL', jk, F.error, F.traceback) end
     finish(P, job_id, S.succeeded, now, req.policy.ttl, cur.key, fields)
+    count(P, E.succeeded, cur.pool)
   else
     local failures = (tonumber(cur.failures) or 0) + 1
     local retry = outcome == 'fail' and failures <= tonumber(cur.retries or '0')
@@ -47,14 +54,18 @@ if cur.token == token and cur.status == S.running and token ~= '' then
         F.done, token .. '|' .. result}) do
       fields[#fields + 1] = v
     end
+    count(P, E.failed, cur.pool)
     if retry then
       local delay = math.min(retry_base * (2 ^ (failures - 1)), retry_cap) * jitter
       redis.call('HSET', jk, F.token, '', unpack(fields))
-      schedule(P, K.retry, job_id, now + delay, cur.pool)
+      wake_after = schedule(P, K.retry, job_id, now + delay, cur.pool)
+      count(P, E.retried, cur.pool)
     else
       finish(P, job_id, S.dead, now, req.policy.ttl, cur.key, fields)
+      count(P, E.dead, cur.pool)
     end
   end
+  timeline(P, job_id, cur, slot, now, result)
 elseif cur.done and token ~= '' and string.sub(cur.done, 1, #token + 1) == token .. '|' then
   result = string.sub(cur.done, #token + 2)  -- a re-sent report: the first one's outcome
 end
@@ -67,6 +78,7 @@ end
 -- The time to the next event matters only to a slot that is about to go idle.
 local soonest = -1
 if req.n == 0 or #out < req.n * 5 then soonest = next_event(P, now) end
+if wake_after then wake(P, wake_after) end
 table.insert(out, 1, tostring(soonest))
 table.insert(out, 1, result)
 return out

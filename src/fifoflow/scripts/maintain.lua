@@ -11,8 +11,14 @@ local promoted = promote(P, K.delayed, now, 1000) + promote(P, K.retry, now, 100
 local reaped = reap(P, now, 1000, policy)
 local trimmed = 0
 if policy.ttl > 0 then
+  -- Finished records past their ttl have expired: their ids leave the sets that list them.
   for _, z in ipairs({K.succeeded, K.dead, K.cancelled}) do
-    trimmed = trimmed + redis.call('ZREMRANGEBYSCORE', P .. z, '-inf', now - policy.ttl)
+    local old = redis.call('ZRANGEBYSCORE', P .. z, '-inf', now - policy.ttl, 'LIMIT', 0, 1000)
+    if #old > 0 then
+      redis.call('ZREM', P .. z, unpack(old))
+      redis.call('ZREM', P .. K.all, unpack(old))
+      trimmed = trimmed + #old
+    end
   end
 end
 for _, push_id in ipairs(redis.call('ZRANGEBYSCORE', P .. K.staging, '-inf', now - 3600,

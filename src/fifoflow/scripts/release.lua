@@ -19,9 +19,10 @@ for i = 2, #ARGV, 2 do
     redis.call('HSET', jk, F.token, '', F.worker, '')
     redis.call('HDEL', jk, F.started_at)
     if delay > 0 then
-      schedule(P, K.retry, job_id, now + delay, cur.pool)
+      local pool = schedule(P, K.retry, job_id, now + delay, cur.pool)
+      if pool then wake(P, pool) end
     else
-      enqueue_ready(P, job_id, cur.pool, cur.priority)
+      enqueue_ready(P, job_id, cur.pool, cur.priority, now)
     end
     count = count + 1
   end

@@ -5,6 +5,7 @@
 local P = KEYS[1]
 local ids = ARGV
 if ARGV[1] == '*' then ids = redis.call('ZRANGE', P .. K.dead, 0, -1) end
+local now = now_s()
 local done = {}
 for _, id in ipairs(ids) do
   local jk = job_key(P, id)
@@ -17,7 +18,8 @@ for _, id in ipairs(ids) do
     if cur.key and cur.key ~= '' and not redis.call('HGET', P .. K.keys, cur.key) then
       redis.call('HSET', P .. K.keys, cur.key, id)
     end
-    enqueue_ready(P, id, cur.pool, cur.priority)
+    enqueue_ready(P, id, cur.pool, cur.priority, now)
+    count(P, E.requeued, cur.pool)
     done[#done + 1] = id
   end
 end
