@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Processes, wait_for
+from conftest import ROOT, EmbeddedServer, Processes, wait_for
 from faultkit import PrivateRedis, busy_window, free_port
 from fifoflow import Queue, metrics
-from fifoflow.alerts import Kind, Thresholds, Tracker, evaluate, prefect_event
+from fifoflow.alerts import Alert, Kind, Thresholds, Tracker, evaluate, prefect_event
 from promkit import Samples
 from qops import claim, complete
 
@@ -52,7 +52,7 @@ def test_evaluate_a_real_snapshot_and_track_alerts(vqueue: Queue) -> None:
     setup_queue(vqueue)
     t = Thresholds(max_queued=2, max_dead=1, max_age=0.2)
 
-    def alerts() -> list:  # type: ignore[type-arg]
+    def alerts() -> list[Alert]:
         return evaluate(metrics.snapshot(broker, [q]), t, [q])
 
     # The oldest queued job passes 0.2 s of waiting: then all four queue alerts show.
@@ -190,6 +190,47 @@ def test_monitor_loop_fires_once_and_resolves_when_a_worker_comes(
     assert len(got) == 4, got  # one line per start and per resolution, none repeated
     for line in got:
         assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (firing|resolved) ", line), line
+
+
+@pytest.mark.timeout(90)
+def test_monitor_loop_alerts_while_the_server_is_down(
+    qname: str, procs: Processes, tmp_path: Path
+) -> None:
+    srv = EmbeddedServer(appendfsync="always")  # of this test alone: it is killed
+    try:
+        q = Queue(qname, url=srv.url)
+        q.push_many("fftest_targets:add", [{"x": i} for i in range(3)])
+        out = tmp_path / "monitor.out"
+        with open(out, "w") as fo:
+            mon = procs.start(
+                *(sys.executable, "-m", "fifoflow", "monitor", "--interval", "0.2"),
+                *("--queue", qname, "--max-queued", "2", "--max-dead", "0", "--max-age", "0"),
+                env={"FIFOFLOW_URL": srv.url},
+                stdout=fo,
+            )
+
+        def printed(text: str) -> bool:
+            assert mon.poll() is None
+            return any(text in line for line in out.read_text().splitlines())
+
+        wait_for(lambda: printed(f"firing queued: queue {qname}: 3 jobs"), timeout=30)
+        srv.kill()
+        wait_for(lambda: printed("firing server: cannot read the server: "), timeout=30)
+        srv.restart()
+        wait_for(lambda: printed("resolved server: server"), timeout=30)
+        mon.send_signal(signal.SIGTERM)
+        assert mon.wait(10) == 0
+        # The queue's alerts stayed active through the outage: never resolved, never again.
+        states = [line.split(" ", 3)[2:] for line in out.read_text().splitlines()]
+        assert [(state, text.split(":")[0]) for state, text in states] == [
+            ("firing", "queued"),
+            ("firing", "no_worker"),
+            ("firing", "server"),
+            ("resolved", "server"),
+        ]
+        q.close()
+    finally:
+        srv.close()
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs Debian's redis-server")

@@ -17,8 +17,8 @@ import redis
 import typer
 
 from .. import metrics
-from ..alerts import Alert, Thresholds, Tracker, evaluate, prefect_event, server_alert
-from ..errors import UsageError
+from ..alerts import Alert, Kind, Thresholds, Tracker, evaluate, prefect_event, server_alert
+from ..errors import ServerOutOfMemory, UsageError
 from ..settings import get_settings
 from ..validation import validate_name
 from .common import emit_json, err, fmt_time, open_broker
@@ -151,8 +151,9 @@ def _loop(
     while not stop.is_set():
         try:
             alerts = evaluate(metrics.snapshot(broker, queues), thresholds, queues)
-        except redis.RedisError as e:
-            alerts = [server_alert(e)]
+        except (redis.RedisError, ServerOutOfMemory) as e:  # active ones stay; an alert more
+            alerts = [a for a in tracker.active.values() if a.kind != Kind.SERVER]
+            alerts.append(server_alert(e))
         started, resolved = tracker.update(alerts)
         now = time.time()
         for a in started:
