@@ -136,10 +136,16 @@ def test_monitor_once_prints_one_line_per_alert_and_exits_1(vqueue: Queue, cli: 
         (["--once", "--max-dead", "-1"], {}, 2, "error: Invalid value for '--max-dead'"),
         (["--once", "--queue", "no{braces}"], {}, 2, "error: "),
         (["--once"], {"FIFOFLOW_ALERT_MAX_AGE": "soon"}, 2, "error: FIFOFLOW_ALERT_MAX_AGE: "),
-        (["--once"], {"FIFOFLOW_URL": "redis://127.0.0.1:{port}"}, 1, "error: "),
+        # The project's rule: a server that cannot be reached is a configuration error.
+        (
+            ["--once"],
+            {"FIFOFLOW_URL": "redis://127.0.0.1:{port}"},
+            2,
+            "error: cannot reach the server at redis://127.0.0.1:",
+        ),
     ],
 )
-def test_monitor_bad_usage_exits_2_and_a_dead_server_1_in_one_line(
+def test_monitor_bad_usage_and_an_unreachable_server_exit_2_in_one_line(
     vqueue: Queue, cli: Cli, args: list[str], env: dict[str, str], code: int, message: str
 ) -> None:
     env = {k: v.format(port=free_port()) for k, v in env.items()}
@@ -186,7 +192,7 @@ def test_monitor_loop_fires_once_and_resolves_when_a_worker_comes(
     wait_for(lambda: has(*resolved), timeout=30)
     mon.send_signal(signal.SIGTERM)
     assert mon.wait(10) == 0
-    got = lines()
+    got = out.read_text().splitlines()
     assert len(got) == 4, got  # one line per start and per resolution, none repeated
     for line in got:
         assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (firing|resolved) ", line), line

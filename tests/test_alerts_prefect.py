@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Processes, wait_for
+from conftest import Processes, run_cli, wait_for
 from fifoflow import Queue
 from test_alerts import make_dead
 from test_prefect_worker import prefect_api, prefect_home  # noqa: F401 - the fixtures
@@ -120,3 +120,13 @@ def test_monitor_emits_prefect_events_that_an_automation_acts_on(
     mon.send_signal(signal.SIGTERM)
     assert mon.wait(30) == 0, err.read_text()
     assert "warning" not in err.read_text()
+
+    # --once (cron) sends an event per alert found, delivered before the process exits
+    # (the API stores what it received within its flush interval).
+    r = run_cli(
+        *("monitor", "--once", "--queue", q, "--max-dead", "1", "--prefect-events"),
+        env={"PREFECT_API_URL": str(prefect_api.api_url)},
+        timeout=120,
+    )
+    assert (r.returncode, r.stdout) == (1, f"dead: queue {q}: 3 dead jobs (threshold 1)\n")
+    wait_for(lambda: len(events(prefect_api, "fifoflow.alert.dead", resource)) == 3, timeout=60)

@@ -104,7 +104,7 @@ class FifoflowCollector(Collector):
             "Seconds an attempt ran, to its report (lost leases not included).",
             labels=["queue", "pool"],
         )
-        by_pool = GaugeMetricFamily(
+        pool_queued = GaugeMetricFamily(
             "fifoflow_pool_queued_jobs",
             "Jobs waiting in line per queue and pool, now.",
             labels=["queue", "pool"],
@@ -118,7 +118,7 @@ class FifoflowCollector(Collector):
             for status in STATUSES:
                 jobs.add_metric([queue, status], q["counts"][status])
             for pool, n in sorted(q.get("queued_by_pool", {}).items()):
-                by_pool.add_metric([queue, pool], n)
+                pool_queued.add_metric([queue, pool], n)
             m = q["metrics"]
             c = m["counters"]
             pools = sorted({p for by_pool in c.values() for p in by_pool} | set(q["pools"]))
@@ -133,7 +133,7 @@ class FifoflowCollector(Collector):
                 run.add_metric([queue, pool], buckets, s)
             age = snap["time"] - q["oldest_queued"] if q["oldest_queued"] else 0.0
             oldest.add_metric([queue], max(age, 0.0))
-        yield from (jobs, by_pool, total, pushed, started, wait, run, oldest)
+        yield from (jobs, pool_queued, total, pushed, started, wait, run, oldest)
 
     @staticmethod
     def worker_metrics(
