@@ -252,14 +252,16 @@ def test_a_worker_that_met_a_server_error_is_an_unhealthy_alert(
         log = tmp_path / "worker.log"
         with open(log, "w") as fh:
             procs.worker(
-                "fftest_targets", "--lease", "1.5", "--name", name, env=env, stdout=fh, stderr=fh
+                "fftest_targets", "--lease", "3", "--name", name, env=env, stdout=fh, stderr=fh
             )
         wait_for(lambda: any(w["name"] == name for w in q.broker.live_workers()), timeout=30)
         r = cli("monitor", "--once", "--queue", qname, env=env)
         assert (r.returncode, r.stdout) == (0, ""), r.stderr  # healthy, nothing queued
 
         admin = srv.client()
-        busy_window(admin, 1.5)  # every command gets BUSY for 1.5 s: heartbeats included
+        # Every command gets BUSY for 1.5 s: a heartbeat (every lease/3 = 1 s) included. The
+        # registration (TTL 3 s) outlives the window.
+        busy_window(admin, 1.5)
 
         def unhealthy() -> str | None:
             r = cli("monitor", "--once", "--queue", qname, env=env)
@@ -269,8 +271,8 @@ def test_a_worker_that_met_a_server_error_is_an_unhealthy_alert(
         prefix = f"unhealthy: worker {name} on {socket.gethostname()}: unhealthy (server error "
         assert stdout.startswith(prefix) and "BUSY" in stdout, stdout
         assert len(stdout.splitlines()) == 1
-        s = Samples(metrics.render(q.broker).decode())
-        assert s.value("fifoflow_worker_healthy", worker=name) == 0
+        healthy = Samples(metrics.render(q.broker).decode()).by("fifoflow_worker_healthy", "worker")
+        assert healthy[name] == 0
         q.close()
         admin.close()
     finally:
