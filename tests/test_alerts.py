@@ -202,6 +202,7 @@ def test_monitor_loop_fires_once_and_resolves_when_a_worker_comes(
 def test_monitor_loop_alerts_while_the_server_is_down(
     qname: str, procs: Processes, tmp_path: Path
 ) -> None:
+    """The loop through a SIGKILL of the server and its restart, in JSON Lines."""
     srv = EmbeddedServer(appendfsync="always")  # of this test alone: it is killed
     try:
         q = Queue(qname, url=srv.url)
@@ -209,31 +210,35 @@ def test_monitor_loop_alerts_while_the_server_is_down(
         out = tmp_path / "monitor.out"
         with open(out, "w") as fo:
             mon = procs.start(
-                *(sys.executable, "-m", "fifoflow", "monitor", "--interval", "0.2"),
+                *(sys.executable, "-m", "fifoflow", "monitor", "--interval", "0.2", "--json"),
                 *("--queue", qname, "--max-queued", "2", "--max-dead", "0", "--max-age", "0"),
                 env={"FIFOFLOW_URL": srv.url},
                 stdout=fo,
             )
 
-        def printed(text: str) -> bool:
+        def printed() -> list[tuple[str, str]]:
             assert mon.poll() is None
-            return any(text in line for line in out.read_text().splitlines())
+            docs = [json.loads(line) for line in out.read_text().splitlines()]
+            return [(d["state"], d["kind"]) for d in docs]
 
-        wait_for(lambda: printed(f"firing queued: queue {qname}: 3 jobs"), timeout=30)
+        wait_for(lambda: ("firing", "queued") in printed(), timeout=30)
         srv.kill()
-        wait_for(lambda: printed("firing server: cannot read the server: "), timeout=30)
+        wait_for(lambda: ("firing", "server") in printed(), timeout=30)
         srv.restart()
-        wait_for(lambda: printed("resolved server: server"), timeout=30)
+        wait_for(lambda: ("resolved", "server") in printed(), timeout=30)
         mon.send_signal(signal.SIGTERM)
         assert mon.wait(10) == 0
+        docs = [json.loads(line) for line in out.read_text().splitlines()]
         # The queue's alerts stayed active through the outage: never resolved, never again.
-        states = [line.split(" ", 3)[2:] for line in out.read_text().splitlines()]
-        assert [(state, text.split(":")[0]) for state, text in states] == [
+        assert [(d["state"], d["kind"]) for d in docs] == [
             ("firing", "queued"),
             ("firing", "no_worker"),
             ("firing", "server"),
             ("resolved", "server"),
         ]
+        assert docs[0]["message"] == f"queue {qname}: 3 jobs queued (threshold 2)"
+        assert docs[2]["message"].startswith("cannot read the server: ")
+        assert docs[2]["subject"] == "server" and docs[3]["time"] >= docs[2]["time"]
         q.close()
     finally:
         srv.close()
