@@ -71,6 +71,13 @@ class BrokerReads:
             "cancelled": cancelled,
         }
 
+    def queued_by_pool(self, queue: str, pools: Sequence[str]) -> dict[str, int]:
+        """Jobs waiting in line in each of these pools (one ZCARD each)."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in pools:
+            pipe.zcard(keys.ready(queue, p))
+        return dict(zip(pools, (int(n) for n in pipe.execute()), strict=True))
+
     def waiting(self, queue: str, pools: Sequence[str]) -> int:
         """Jobs ready in these pools, plus those waiting for a retry, plus running ones:
         what keeps a burst worker from leaving."""

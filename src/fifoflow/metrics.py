@@ -33,13 +33,14 @@ OUTCOMES = tuple(e.value for e in Event if e != Event.PUSHED)
 
 
 def snapshot(broker: Broker, queues: Sequence[str] | None = None) -> dict[str, Any]:
-    """What the dashboard and /metrics show: per queue its counts, counters, histograms
-    and oldest queued push time; and the live workers."""
+    """What the dashboard, /metrics and the alerts show: per queue its counts (and queued
+    jobs per pool), counters, histograms and oldest queued push time; the live workers."""
     out: dict[str, Any] = {"queues": {}, "workers": broker.live_workers(), "time": time.time()}
     for name in queues if queues is not None else broker.queues():
         pools = broker.pools(name)
         out["queues"][name] = {
             "counts": broker.counts(name),
+            "queued_by_pool": broker.queued_by_pool(name, pools),
             "metrics": broker.metrics(name),
             "pools": pools,
             "oldest_queued": broker.oldest_queued(name, pools),
@@ -69,7 +70,8 @@ class FifoflowCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = snapshot(self.broker, self.queues)
         yield from self.queue_metrics(snap)
-        yield from self.worker_metrics(snap["workers"])
+        known = [(q, p) for q, data in snap["queues"].items() for p in data["pools"]]
+        yield from self.worker_metrics(snap["workers"], known)
 
     def describe(self) -> Iterator[Metric]:  # no scrape at registration
         return iter(())
@@ -102,6 +104,11 @@ class FifoflowCollector(Collector):
             "Seconds an attempt ran, to its report (lost leases not included).",
             labels=["queue", "pool"],
         )
+        pool_queued = GaugeMetricFamily(
+            "fifoflow_pool_queued_jobs",
+            "Jobs waiting in line per queue and pool, now.",
+            labels=["queue", "pool"],
+        )
         oldest = GaugeMetricFamily(
             "fifoflow_oldest_queued_age_seconds",
             "Age (since its push) of the oldest job waiting in line, 0 when none waits.",
@@ -110,6 +117,8 @@ class FifoflowCollector(Collector):
         for queue, q in sorted(snap["queues"].items()):
             for status in STATUSES:
                 jobs.add_metric([queue, status], q["counts"][status])
+            for pool, n in sorted(q.get("queued_by_pool", {}).items()):
+                pool_queued.add_metric([queue, pool], n)
             m = q["metrics"]
             c = m["counters"]
             pools = sorted({p for by_pool in c.values() for p in by_pool} | set(q["pools"]))
@@ -124,10 +133,13 @@ class FifoflowCollector(Collector):
                 run.add_metric([queue, pool], buckets, s)
             age = snap["time"] - q["oldest_queued"] if q["oldest_queued"] else 0.0
             oldest.add_metric([queue], max(age, 0.0))
-        yield from (jobs, total, pushed, started, wait, run, oldest)
+        yield from (jobs, pool_queued, total, pushed, started, wait, run, oldest)
 
     @staticmethod
-    def worker_metrics(workers: list[dict[str, Any]]) -> Iterator[Metric]:
+    def worker_metrics(
+        workers: list[dict[str, Any]], known: Iterable[tuple[str, str]] = ()
+    ) -> Iterator[Metric]:
+        """Worker gauges; ``known`` (queue, pool) pairs nobody serves get 0 pool slots."""
         live = GaugeMetricFamily("fifoflow_workers", "Live workers.")
         live.add_metric([], len(workers))
         slots = GaugeMetricFamily(
@@ -146,7 +158,7 @@ class FifoflowCollector(Collector):
             "1 when the worker met no server error in the last minute and lost no thread.",
             labels=["worker", "host"],
         )
-        served: dict[tuple[str, str], int] = {}
+        served: dict[tuple[str, str], int] = dict.fromkeys(known, 0)
         now = time.time()
         for w in workers:
             labels = [str(w["name"]), str(w.get("host", ""))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     socket_timeout: float = Field(default=10.0, gt=0)
     #: Accept a server that evicts keys under memory pressure (it can lose jobs silently).
     allow_eviction: bool = False
+    #: Alert thresholds (``fifoflow monitor``): more queued jobs in a queue, more dead
+    #: letters, an older oldest queued job (seconds). 0 (or empty) turns one off.
+    alert_max_queued: int = Field(default=100, ge=0)
+    alert_max_dead: int = Field(default=10, ge=0)
+    alert_max_age: float = Field(default=600.0, ge=0)
+
+    @field_validator("alert_max_queued", "alert_max_dead", "alert_max_age", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return 0 if isinstance(value, str) and not value.strip() else value
 
 
 def get_settings() -> Settings:
