@@ -302,3 +302,14 @@ def test_push_dag_refuses_bad_files_with_the_line(
     if line is not None:
         assert f"line {line}:" in lines[0], lines[0]
     assert vqueue.broker.queues().count(vqueue.name) == 0 or vqueue.stats()["queued"] == 0
+
+
+def test_the_dag_example_runs(vqueue: Queue, procs: Processes) -> None:
+    folder = Path(__file__).parent.parent / "examples" / "dag"
+    r = run_cli("push-dag", str(folder / "dag.json"), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)["report"]
+    procs.worker("pipeline", "-c", "2", "--burst", cwd=str(folder))
+    result = vqueue.job(report).result(timeout=60)
+    assert result == {"runs": 2, "best_lr": 0.01, "best_accuracy": result["best_accuracy"]}
+    assert 0.9 < result["best_accuracy"] <= 1

@@ -432,8 +432,8 @@ local function write_job(P, id, spec, params, key, now)
 end
 
 -- New jobs with parents: each remembers them; the pending parents remember it. Returns
--- what becomes of the jobs now: 'ready', 'waiting' (for the pending parents) or 'dead'
--- (a parent failed and they did not ask to run anyway).
+-- what becomes of the jobs now: S.queued (ready), S.waiting (for the pending parents) or
+-- S.dead (a parent failed and they did not ask to run anyway).
 local function attach(P, ids, spec, state, now)
   if #spec.refs == 0 then return 'ready' end
   local queue = string.match(P, '^ff:{(.+)}:$')
@@ -454,9 +454,9 @@ local function attach(P, ids, spec, state, now)
       end
     end
   end
-  if dead then return 'dead' end
-  if #state.pending > 0 then return 'waiting' end
-  return 'ready'
+  if dead then return S.dead end
+  if #state.pending > 0 then return S.waiting end
+  return S.queued
 end
 
 -- New jobs of one push, all in one state (`fate`, from attach) become visible: ready (one
@@ -471,11 +471,11 @@ local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl)
     by_rank[#by_rank + 1] = id
     if #by_rank >= 4000 or i == #ids then
       redis.call('ZADD', P .. K.all, unpack(by_rank))
-      if fate == 'waiting' then redis.call('ZADD', P .. K.waiting, unpack(by_rank)) end
+      if fate == S.waiting then redis.call('ZADD', P .. K.waiting, unpack(by_rank)) end
       by_rank = {}
     end
   end
-  if fate == 'dead' then
+  if fate == S.dead then
     local why = {F.error, 'DependencyFailed: parent ' .. state.failed}
     for _, id in ipairs(ids) do
       record_final(P, id, S.dead, now, ttl, {result_ttl = spec.result_ttl}, why)
@@ -484,7 +484,7 @@ local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl)
     return S.dead
   end
   for id, key in pairs(keys_by_id) do redis.call('HSET', P .. K.keys, key, id) end
-  if fate == 'waiting' then
+  if fate == S.waiting then
     for _, id in ipairs(ids) do redis.call('HSET', job_key(P, id), F.status, S.waiting) end
     return S.waiting
   end
