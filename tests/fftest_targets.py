@@ -72,6 +72,29 @@ def sleep_then_touch(seconds: float, path: str) -> None:
     Path(path).write_text("done")
 
 
+def step(n: int, seconds: float = 0.0, fail: bool = False, **_: Any) -> int:
+    """A DAG node: sleeps, fails when told to, returns its number."""
+    if seconds:
+        time.sleep(seconds)
+    if fail:
+        raise ValueError(f"step {n} fails")
+    return n
+
+
+def total(results: list[Any], **_: Any) -> dict[str, Any]:
+    """A fan-in: what it gathered, and their sum."""
+    return {"count": len(results), "sum": sum(r for r in results if r), "results": results}
+
+
+def fan_out(n: int) -> list[str]:
+    """Pushes ``n`` children of its own from inside (``current_job().push``)."""
+    import fifoflow
+
+    job = fifoflow.current_job()
+    assert job is not None
+    return [job.push("fftest_targets:add", {"x": i}).id for i in range(n)]
+
+
 def _private() -> str:
     return "should never run as a job"
 

@@ -308,7 +308,8 @@ def analyse(run: Run, cli: CLI) -> dict[str, Any]:
         assert r.returncode == 0, r.stderr
         return dict(json.loads(r.stdout))
 
-    truth = {"queued": 0, "delayed": 0, "running": 0, "succeeded": plan.jobs, "dead": 0}
+    truth = {"queued": 0, "waiting": 0, "delayed": 0, "running": 0, "succeeded": plan.jobs}
+    truth["dead"] = 0
     truth["cancelled"] = 0
     assert status()["queues"][q.name] == truth
 

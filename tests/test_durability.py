@@ -82,6 +82,7 @@ def test_always_keeps_every_acknowledged_write_across_sigkill(
         assert [q.job(j.id).result() for j in done] == list(range(20))
         assert q.stats() == {
             "queued": 501,
+            "waiting": 0,
             "delayed": 0,
             "running": 0,
             "succeeded": 20,

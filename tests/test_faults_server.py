@@ -313,6 +313,7 @@ def test_outcomes_finished_during_an_outage_are_recorded_after_it(
     status = json.loads(r.stdout)
     assert status["queues"][qname] == {
         "queued": 0,
+        "waiting": 0,
         "delayed": 0,
         "running": 0,
         "succeeded": n,

@@ -131,7 +131,7 @@ def push_back_to_back(
     for queue, target, params in jobs:
         client.sadd(keys.QUEUES, queue)  # as Broker.push does
         spec = PushSpec(target).args()
-        args = [nonce(), "0", keys.id_suffix(queue), *spec, json.dumps(params), ""]
+        args = [nonce(), "0", keys.id_suffix(queue), 604800, *spec, json.dumps(params), ""]
         pipe.execute_command("FCALL", lib.functions["push"], 1, keys.prefix(queue), *args)
     replies = pipe.execute()
     return [str(r[1]) for r in replies]

@@ -191,7 +191,7 @@ def test_stats_counts_every_status(any_url: str, qname: str) -> None:
     q = Queue(qname, url=any_url, settings=Settings(retry_base_seconds=60))
     try:
         assert q.stats() == dict.fromkeys(
-            ("queued", "delayed", "running", "succeeded", "dead", "cancelled"), 0
+            ("queued", "waiting", "delayed", "running", "succeeded", "dead", "cancelled"), 0
         )
         q.push_many(T, [{}] * 6)
         q.push(T, pool="other")
@@ -202,13 +202,16 @@ def test_stats_counts_every_status(any_url: str, qname: str) -> None:
         complete(q, claimed[2], "dead", "E: x")
         complete(q, claimed[3], "fail", "E: y")  # waiting for a retry: delayed
         q.cancel(q.job_ids("queued")[0])
+        parent = q.job_ids("running")[0]
+        q.push(T, depends_on=[parent])  # waiting for it
         assert q.stats() == {
-            "queued": 1, "delayed": 2, "running": 1, "succeeded": 2, "dead": 1, "cancelled": 1,
+            "queued": 1, "waiting": 1, "delayed": 2, "running": 1, "succeeded": 2, "dead": 1,
+            "cancelled": 1,
         }  # fmt: skip
         for status, n in q.stats().items():
             assert len(q.job_ids(status)) == n
             assert [r["status"] for r in q.jobs(status)] == [status] * n
-        assert len(q.job_ids()) == 8
+        assert len(q.job_ids()) == 9
         assert len(q.jobs(limit=3)) == 3
     finally:
         q.close()

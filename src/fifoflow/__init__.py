@@ -17,6 +17,7 @@ from .errors import (
 )
 from .execution import current_job, no_retry
 from .queue import Job, Queue
+from .workflows import chain
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -36,6 +37,7 @@ __all__ = [
     "ServerOutOfMemory",
     "UsageError",
     "Worker",
+    "chain",
     "current_job",
     "no_retry",
 ]

@@ -28,7 +28,7 @@ import redis
 from . import keys, scripts
 from .broker_push import Producing
 from .broker_reads import BrokerReads
-from .connection import connect
+from .connection import connect, resolve_url
 from .errors import ServerOutOfMemory, is_oom, out_of_memory
 from .records import (
     Claim,
@@ -82,6 +82,8 @@ class Broker(Producing, BrokerReads, WorkerRegistry):
         self.client = client
         self.settings = settings or get_settings()
         self.policy = Policy.from_settings(self.settings, max_lost)
+        #: The server's URL, when the broker made its own client (may hold a password).
+        self.url: str | None = None
         self._registered: set[str] = set()
 
     @classmethod
@@ -99,7 +101,10 @@ class Broker(Producing, BrokerReads, WorkerRegistry):
         extra: dict[str, Any] = {}
         if name:
             extra["client_name"] = keys.CONNECTION_NAME_PREFIX + name
-        return cls(connect(url, settings=settings, **extra), settings, max_lost=max_lost)
+        url = resolve_url(url, settings)
+        broker = cls(connect(url, settings=settings, **extra), settings, max_lost=max_lost)
+        broker.url = url
+        return broker
 
     def close(self) -> None:
         self.client.close()

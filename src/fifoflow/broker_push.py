@@ -9,7 +9,14 @@ from typing import Any
 import redis
 
 from . import keys
-from .errors import QueueFull, ServerOutOfMemory, UsageError, is_oom, out_of_memory
+from .errors import (
+    JobNotFound,
+    QueueFull,
+    ServerOutOfMemory,
+    UsageError,
+    is_oom,
+    out_of_memory,
+)
 from .keys import Key
 from .records import Pushed, PushSpec, nonce
 
@@ -19,6 +26,7 @@ BATCH = 5000
 
 class Producing:
     client: redis.Redis
+    policy: Any  # broker.Policy
     _registered: set[str]
     _script: Callable[..., tuple[list[Any], Any]]
 
@@ -38,7 +46,7 @@ class Producing:
         self._register_queue(queue)
         suffix = keys.id_suffix(queue)
         if len(params) <= BATCH:
-            args = [nonce(), "0", suffix, *spec.args(), *pairs]
+            args = [nonce(), "0", suffix, self.policy.ttl, *spec.args(), *pairs]
             _, reply = self._script("push", queue, args, resend_at=1)
             if on_batch is not None:
                 on_batch(len(params))
@@ -51,7 +59,7 @@ class Producing:
             if on_batch is not None:
                 on_batch(len(chunk) // 2)
         keyed = "1" if any(job_keys) else "0"
-        args = [push_id, "0", *spec.args(), keyed]
+        args = [push_id, "0", self.policy.ttl, *spec.args(), keyed]
         _, reply = self._script("commit", queue, args, resend_at=1)
         if reply[0] == "GONE":
             raise UsageError("the push was staged for over an hour and expired; push again")
@@ -72,6 +80,11 @@ class Producing:
     def _pushed(self, queue: str, reply: Sequence[str]) -> list[Pushed]:
         if reply[0] == "FULL":
             raise QueueFull(queue, int(reply[1]), int(reply[2]), int(reply[3]))
+        if reply[0] == "NOPARENT":
+            parent_queue, parent = reply[1].split("/", 1)
+            raise JobNotFound(parent, f"in queue {parent_queue!r} (a parent of this push)")
+        if reply[0] == "ALIAS":
+            raise UsageError(f"job id {reply[1]!r} is taken in queue {queue!r}")
         return [
             Pushed(reply[i], reply[i + 1] == "1", reply[i + 2]) for i in range(1, len(reply), 3)
         ]

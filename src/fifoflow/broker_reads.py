@@ -3,7 +3,9 @@ commands (no script): each is idempotent, and each is bounded by what it is aske
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -33,6 +35,35 @@ class BrokerReads:
     def pools(self, queue: str) -> list[str]:
         return sorted(str(p) for p in self.client.smembers(keys.queue_key(queue, Key.POOLS)))
 
+    @contextlib.contextmanager
+    def finished_ids(self, queue: str) -> Iterator[Callable[[float], set[str]]]:
+        """While open, a function that waits up to ``timeout`` seconds for jobs of the queue
+        to reach a final status and returns their ids (the scripts publish each one): a
+        waiter wakes when its job ends, not on a poll interval."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub.subscribe(keys.queue_key(queue, Key.DONE))
+
+        def wait(timeout: float) -> set[str]:
+            ids: set[str] = set()
+            deadline = time.monotonic() + timeout
+            while True:
+                message = pubsub.get_message(timeout=max(deadline - time.monotonic(), 0.0))
+                if message is not None and message.get("type") == "message":
+                    ids.add(str(message["data"]))
+                    continue  # take what else is already there
+                if ids or time.monotonic() >= deadline:
+                    return ids
+
+        try:
+            yield wait
+        finally:
+            pubsub.close()
+
+    def resolve(self, queue: str, alias: str) -> str:
+        """The id of the job its pusher called ``alias`` (else ``alias`` itself)."""
+        found = self.client.hget(keys.queue_key(queue, Key.ALIASES), alias)
+        return str(found) if found else alias
+
     def record(self, queue: str, job_id: str) -> dict[str, Any] | None:
         raw = cast(dict[str, str], self.client.hgetall(keys.job(queue, job_id)))
         return job_record(queue, job_id, raw) if raw else None
@@ -57,13 +88,15 @@ class BrokerReads:
         pipe = self.client.pipeline(transaction=False)
         for p in pools:
             pipe.zcard(keys.ready(queue, p))
-        for k in (Key.DELAYED, Key.RETRY, Key.RUNNING, Key.SUCCEEDED, Key.DEAD, Key.CANCELLED):
+        others = (Key.WAITING, Key.DELAYED, Key.RETRY, Key.RUNNING)
+        for k in (*others, Key.SUCCEEDED, Key.DEAD, Key.CANCELLED):
             pipe.zcard(keys.queue_key(queue, k))
         counts = pipe.execute()
         queued = sum(counts[: len(pools)])
-        delayed, retry, running, succeeded, dead, cancelled = counts[len(pools) :]
+        waiting, delayed, retry, running, succeeded, dead, cancelled = counts[len(pools) :]
         return {
             "queued": queued,
+            "waiting": waiting,
             "delayed": delayed + retry,
             "running": running,
             "succeeded": succeeded,
@@ -104,7 +137,7 @@ class BrokerReads:
             sets += [keys.ready(queue, p) for p in self.pools(queue)]
         if status in (None, Status.DELAYED):
             sets += [keys.queue_key(queue, Key.DELAYED), keys.queue_key(queue, Key.RETRY)]
-        for s in (Key.RUNNING, Key.SUCCEEDED, Key.DEAD, Key.CANCELLED):
+        for s in (Key.WAITING, Key.RUNNING, Key.SUCCEEDED, Key.DEAD, Key.CANCELLED):
             if status in (None, s.value):
                 sets.append(keys.queue_key(queue, s))
         pipe = self.client.pipeline(transaction=False)

@@ -66,13 +66,17 @@ class Dispatcher:
         woken: list[Claimed] = []  # claimed in the same round trip as the wake-up
         popped: str | None = None
         while not w.stopping.is_set():
-            want = w.slots.wait_idle()
+            idle = w.slots.wait_idle()
             if w.stopping.is_set():
                 w.give_back(woken)
                 break
             # Slots only ever become idle while the dispatcher blocks, so the jobs claimed
             # then still fit.
             got, woken = woken, []
+            want = len(got) + w.take(idle - len(got))
+            if want == 0:  # --max-jobs reached: the last report stops the worker
+                w.stopping.wait(0.2)
+                continue
             soonest = self.max_block
             # The claim pipelined behind the wait was the first queue's.
             claimed_from = {w.queues[0]} if popped is not None else set()
@@ -91,12 +95,13 @@ class Dispatcher:
             if got:
                 w.slots.hand_out(got)
             if len(got) < want:
+                missing = want - len(got)
                 if burst and self._drained():
+                    w.untake(missing)
                     log.info("worker %s: queues drained, leaving (burst)", w.name)
                     break
-                popped, woken = self._block(
-                    min(soonest, 1.0) if burst else soonest, want - len(got)
-                )
+                popped, woken = self._block(min(soonest, 1.0) if burst else soonest, missing)
+                w.untake(missing - len(woken))
 
     def _claim(self, queue: str, req: ClaimRequest, resent: bool = False) -> Claim:
         """The claim, retried until it lands; each retry says so (it may have run)."""

@@ -42,8 +42,8 @@ class QueueFull(FifoflowError):
 class JobNotFound(UsageError, LookupError):
     """No job with that id (it may have expired)."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
+    def __init__(self, job_id: str, where: str = "") -> None:
+        super().__init__(f"no job with id {job_id!r}" + (f" {where}" if where else ""))
         self.job_id = job_id
 
 

@@ -39,6 +39,26 @@ class JobInfo:
     target: str
     attempt: int  # 1 for the first attempt, growing with each retry
     timeout: float | None = None
+    #: The server the worker uses (None: the process's default, ``FIFOFLOW_URL``).
+    url: str | None = None
+
+    def push(self, target: str, params: dict[str, Any] | None = None, **options: Any) -> Any:
+        """Push a job from inside this one (a fan-out), to this job's queue unless
+        ``queue=`` names another; the options are ``Queue.push``'s. Returns its ``Job``."""
+        return _queue(options.pop("queue", self.queue), self.url).push(target, params, **options)
+
+
+_queues: dict[tuple[str, str | None], Any] = {}
+
+
+def _queue(name: str, url: str | None) -> Any:
+    """One ``Queue`` per queue and server for the whole process (pushes from targets)."""
+    from .queue import Queue
+
+    found = _queues.get((name, url))
+    if found is None:
+        found = _queues[(name, url)] = Queue(name, url)
+    return found
 
 
 _current: contextvars.ContextVar[JobInfo | None] = contextvars.ContextVar(
@@ -156,15 +176,25 @@ def _never_retried(fn: Callable[..., Any] | None, exc: BaseException) -> bool:
     return False
 
 
-def execute(job: Claimed, resolver: Resolver, call: Call = direct_call) -> Outcome:
-    """Run one attempt of ``job``; never raises (a crash of the target is its outcome)."""
-    info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
+def execute(
+    job: Claimed, resolver: Resolver, call: Call = direct_call, url: str | None = None
+) -> Outcome:
+    """Run one attempt of ``job``; never raises (a crash of the target is its outcome).
+    A gathering job gets its parents' results as ``results`` (or, in a chain, the one
+    result as ``input``)."""
+    info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout, url)
     extra: dict[str, str] = {}
     fn: Callable[..., Any] | None = None
     token = _current.set(info)
     try:
         fn = resolver(job.target)
         kwargs = json.loads(job.params)
+        if job.gather:
+            results = json.loads(job.gathered) if job.gathered else []
+            if job.gather == "input":
+                kwargs["input"] = results[0] if results else None
+            else:
+                kwargs["results"] = results
         if call is not direct_call:  # other calls may do work before they bind (Prefect)
             bind(fn, job.target, kwargs)
         value = call(info, fn, kwargs, extra)

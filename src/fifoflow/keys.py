@@ -29,6 +29,7 @@ class Status(StrEnum):
     """A job's status (the contract's names)."""
 
     QUEUED = "queued"
+    WAITING = "waiting"  # for its parents (depends_on) to finish
     DELAYED = "delayed"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -68,6 +69,13 @@ class Field(StrEnum):
     TRACEBACK = "traceback"
     FLOW_RUN_ID = "flow_run_id"
     QUEUED_AT = "queued_at"  # when it last entered a ready set (queue wait starts)
+    PARENTS = "parents"  # "QUEUE/ID,..." it depends on, in push order
+    WAITING_ON = "waiting_on"  # parents still to finish
+    GATHER = "gather"  # '' | 'results' | 'input': how its parents' results reach it
+    ON_PARENT_FAILURE = "on_parent_failure"  # 'dead' (default) | 'run'
+    CHILDREN = "children"  # '1' once a job depends on it
+    RESULT_TTL = "result_ttl"  # its own ttl of the finished record, if it set one
+    ALIAS = "alias"  # the id its pusher chose, if any
 
 
 class Key(StrEnum):
@@ -95,6 +103,11 @@ class Key(StrEnum):
     HIST = "hist"  # hash, histograms: NAME:POOL:BUCKET -> count, NAME_us:POOL -> sum (µs)
     EVENTS = "events"  # stream, the last attempts (capped): the dashboard's timeline
     ALL = "all"  # zset, every job, score = its rank (push time), for listings newest first
+    WAITING = "waiting"  # zset, jobs waiting for parents, score = rank
+    CHILDREN = "children:"  # + id: set of "QUEUE/ID" of the jobs waiting on it
+    GATHERED = "gathered:"  # + id: hash, parent id -> its result, for a gathering job
+    ALIASES = "aliases"  # hash, a caller-chosen id -> the job's id
+    DONE = "done"  # pub/sub channel: the id of each job reaching a final status
 
 
 class Event(StrEnum):

@@ -103,6 +103,7 @@ class Monitor:
         outcome = Outcome("fail", f"TimeoutError: job exceeded its timeout of {job.timeout:g}s")
         result = w.retry(lambda: w.broker.complete(job, outcome, slot=slot.index), forever=True)
         log.warning("job %s %s timed out (%s)", job.id, job.target, result.outcome)
+        w.done_one()
         alive = w.slots.replace(slot, run)
         w.health.abandoned = alive
         if alive >= w.max_abandoned:

@@ -23,7 +23,7 @@ from .execution import execute, one_line
 from .records import Claimed, Outcome
 
 
-def _child_main(conn: Connection, sys_path: list[str], modules: list[str]) -> None:
+def _child_main(conn: Connection, sys_path: list[str], modules: list[str], url: str | None) -> None:
     # The parent handles SIGINT/SIGTERM and decides what happens to running jobs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -34,7 +34,7 @@ def _child_main(conn: Connection, sys_path: list[str], modules: list[str]) -> No
             job = Claimed(**json.loads(conn.recv_bytes()))
         except (EOFError, OSError):
             return
-        outcome = execute(job, resolver)
+        outcome = execute(job, resolver, url=url)
         conn.send_bytes(json.dumps(asdict(outcome)).encode())
 
 
@@ -43,8 +43,9 @@ class ProcessRunner:
 
     enforces_timeout = True
 
-    def __init__(self, modules: Sequence[str]) -> None:
+    def __init__(self, modules: Sequence[str], url: str | None = None) -> None:
         self._modules = list(modules)
+        self._url = url
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -54,7 +55,9 @@ class ProcessRunner:
             self.close()
             parent, child = self._ctx.Pipe()
             self._proc = self._ctx.Process(
-                target=_child_main, args=(child, list(sys.path), self._modules), daemon=True
+                target=_child_main,
+                args=(child, list(sys.path), self._modules, self._url),
+                daemon=True,
             )
             self._proc.start()
             child.close()

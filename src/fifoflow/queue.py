@@ -4,6 +4,7 @@ every server call goes through the broker."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -17,12 +18,15 @@ from .validation import (
     encode_params,
     integer,
     seconds,
+    validate_alias,
     validate_key,
     validate_name,
     validate_target,
 )
 
 STATUSES = tuple(s.value for s in Status)
+#: fifoflow's own job ids: a 14-hex-digit rank and 4 hex digits of the queue name.
+ID_RE = re.compile(r"^[0-9a-f]{18}$")
 
 
 class Job:
@@ -68,26 +72,28 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job to finish and return its value.
 
-        Polls with a growing interval (5 ms up to 200 ms): cheap for the server, quick for
-        short jobs. Raises JobFailed if the job ends dead or cancelled, TimeoutError if it
-        has not finished within ``timeout`` seconds.
+        Wakes when the job reaches a final status (the scripts publish it), with a look
+        every second as a safety net. Raises JobFailed if the job ends dead or cancelled,
+        TimeoutError if it has not finished within ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            record = self.refresh()
-            status = record["status"]
-            if status == Status.SUCCEEDED:
-                return record["result"]
-            if status in (Status.DEAD, Status.CANCELLED):
-                raise JobFailed(self.id, status, record["error"])
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"job {self.id} is still {status} after {timeout}s")
-                delay = min(delay, left)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+        with self.queue.broker.finished_ids(self.queue.name) as finished:
+            while True:
+                record = self.refresh()  # after subscribing: an end cannot slip by
+                status = record["status"]
+                if status == Status.SUCCEEDED:
+                    return record["result"]
+                if status in (Status.DEAD, Status.CANCELLED):
+                    raise JobFailed(self.id, status, record["error"])
+                wait = 1.0
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"job {self.id} is still {status} after {timeout}s")
+                    wait = min(wait, left)
+                window = time.monotonic() + wait
+                while (left := window - time.monotonic()) > 0 and self.id not in finished(left):
+                    pass  # other jobs of the queue ended; this one not yet
 
     def cancel(self) -> bool:
         return self.queue.cancel(self.id)
@@ -133,7 +139,17 @@ class Queue:
         retries: int = 3,
         timeout: float | None = None,
         max_lost: int | None = None,
+        depends_on: Sequence[str | Job] | None = None,
+        gather: bool | str = False,
+        on_parent_failure: str = "dead",
+        result_ttl: int | None = None,
+        job_id: str | None = None,
     ) -> Job:
+        """Queue one job. ``depends_on``: jobs (or ids, of this queue) that must succeed
+        first; it waits (status ``waiting``), then takes its own place in line. With
+        ``gather`` it receives their results, in their push order, as ``results``.
+        ``job_id``: an id of the caller's choosing, usable wherever an id is (refused if
+        taken); fifoflow keeps its own id too, which carries the job's place in line."""
         return self.push_many(
             target,
             [params],
@@ -144,6 +160,11 @@ class Queue:
             retries=retries,
             timeout=timeout,
             max_lost=max_lost,
+            depends_on=depends_on,
+            gather=gather,
+            on_parent_failure=on_parent_failure,
+            result_ttl=result_ttl,
+            job_id=job_id,
         )[0]
 
     def push_many(
@@ -159,11 +180,24 @@ class Queue:
         retries: int = 3,
         timeout: float | None = None,
         max_lost: int | None = None,
+        depends_on: Sequence[str | Job] | None = None,
+        gather: bool | str = False,
+        on_parent_failure: str = "dead",
+        result_ttl: int | None = None,
+        job_id: str | None = None,
         on_batch: Callable[[int], object] | None = None,
     ) -> list[Job]:
         """Queue one job per parameter set, all or none: everything is checked before
         anything is sent, and a push of many batches becomes visible in one step, so a
-        ``QueueFull`` (or any error) means none of its jobs was added."""
+        ``QueueFull`` (or any error) means none of its jobs was added. Options as ``push``;
+        every job of the push shares them (its parents too)."""
+        if on_parent_failure not in ("dead", "run"):
+            raise UsageError(
+                f"on_parent_failure must be 'dead' or 'run', not {on_parent_failure!r}"
+            )
+        mode = gather if isinstance(gather, str) else ("results" if gather else "")
+        if mode not in ("", "results", "input"):
+            raise UsageError(f"gather must be True, False or 'input', not {gather!r}")
         spec = PushSpec(
             target=validate_target(target),
             priority=integer("priority", priority),
@@ -172,8 +206,17 @@ class Queue:
             timeout=seconds("timeout", timeout, allow_zero=False),
             delay=seconds("delay", delay, allow_zero=True),
             max_lost=None if max_lost is None else integer("max_lost", max_lost, minimum=0),
+            parents=self._parents(depends_on or ()),
+            gather=mode,
+            on_parent_failure=on_parent_failure,
+            result_ttl=None if result_ttl is None else integer("result_ttl", result_ttl, 1),
+            alias=validate_alias(job_id),
         )
+        if mode and not spec.parents:
+            raise UsageError("gather needs depends_on: the jobs whose results it gathers")
         encoded = [encode_params(p, self.settings.max_params_bytes) for p in params_list]
+        if spec.alias is not None and len(encoded) != 1:
+            raise UsageError("job_id names one job: push one parameter set with it")
         job_keys = list(keys_) if keys_ is not None else [key] * len(encoded)
         if len(job_keys) != len(encoded):
             raise UsageError("keys_ must have one entry per parameter set")
@@ -182,6 +225,25 @@ class Queue:
             return []
         pushed = self.broker.push(self.name, spec, encoded, job_keys, on_batch)
         return [Job(self, p.id) for p in pushed]
+
+    def _parents(self, depends_on: Sequence[str | Job]) -> tuple[str, ...]:
+        """Each parent as QUEUE/ID, in push order (ids sort by push time)."""
+        if isinstance(depends_on, str | Job):
+            depends_on = [depends_on]
+        refs: list[tuple[str, str]] = []
+        for parent in depends_on:
+            if isinstance(parent, Job):
+                refs.append((parent.id, f"{parent.queue.name}/{parent.id}"))
+            elif isinstance(parent, str) and parent:
+                job_id = parent if ID_RE.match(parent) else self.resolve(parent)
+                refs.append((job_id, f"{self.name}/{job_id}"))
+            else:
+                raise TypeError(f"depends_on takes jobs or job ids, not {parent!r}")
+        return tuple(ref for _, ref in sorted(set(refs)))
+
+    def resolve(self, job_id: str) -> str:
+        """A job's id from its id or from the id its pusher chose (``job_id=``)."""
+        return self.broker.resolve(self.name, job_id)
 
     def set_max_length(self, max_length: int | None) -> None:
         """Back-pressure: pushes beyond ``max_length`` waiting jobs raise QueueFull."""
@@ -192,7 +254,10 @@ class Queue:
     # -- inspecting --------------------------------------------------------------------
 
     def record(self, job_id: str) -> dict[str, Any] | None:
-        return self.broker.record(self.name, job_id)
+        record = self.broker.record(self.name, job_id)
+        if record is None and not ID_RE.match(job_id):  # perhaps an id its pusher chose
+            record = self.broker.record(self.name, self.resolve(job_id))
+        return record
 
     def traceback(self, job_id: str) -> str | None:
         return self.broker.traceback(self.name, job_id)
@@ -201,7 +266,7 @@ class Queue:
         record = self.record(job_id)
         if record is None:
             raise JobNotFound(job_id)
-        return Job(self, job_id, record)
+        return Job(self, record["id"], record)
 
     def stats(self) -> dict[str, int]:
         """The contract's counts per status (``fifoflow status``)."""

@@ -21,8 +21,9 @@ def nonce() -> str:
     return f"{_random.getrandbits(64):016x}"
 
 
-#: Fields per claimed job in a script's reply: id, target, params, timeout, attempts.
-CLAIM_FIELDS = 5
+#: Fields per claimed job in a script's reply: id, target, params, timeout, attempts,
+#: gather mode, gathered results.
+CLAIM_FIELDS = 7
 
 OutcomeKind = Literal["ok", "fail", "dead"]
 
@@ -38,9 +39,15 @@ class PushSpec:
     timeout: float | None = None
     delay: float | None = None
     max_lost: int | None = None
+    #: "QUEUE/ID" of each parent, in push order.
+    parents: tuple[str, ...] = ()
+    gather: str = ""  # '' | 'results' | 'input'
+    on_parent_failure: str = "dead"  # 'dead' | 'run'
+    result_ttl: int | None = None
+    alias: str | None = None
 
     def args(self) -> list[str]:
-        """In the order of ``push_spec`` in ``_common.lua``."""
+        """In the order of ``push_spec`` in ``_common.lua`` (``SPEC_LEN`` of them)."""
         return [
             self.target,
             str(self.priority),
@@ -49,6 +56,11 @@ class PushSpec:
             "" if self.timeout is None else repr(self.timeout),
             "" if self.delay is None else repr(self.delay),
             "" if self.max_lost is None else str(self.max_lost),
+            ",".join(self.parents),
+            self.gather,
+            self.on_parent_failure,
+            "" if self.result_ttl is None else str(self.result_ttl),
+            self.alias or "",
         ]
 
 
@@ -84,6 +96,8 @@ class Claimed:
     params: str  # JSON object text
     timeout: float | None
     attempts: int
+    gather: str = ""  # '' | 'results' | 'input': how its parents' results reach it
+    gathered: str = ""  # their results, a JSON array text
 
 
 @dataclass(slots=True)
@@ -121,6 +135,8 @@ def parse_claimed(queue: str, token: str, flat: Sequence[str]) -> list[Claimed]:
             params=flat[i + 2],
             timeout=float(flat[i + 3]) if flat[i + 3] else None,
             attempts=int(flat[i + 4]),
+            gather=flat[i + 5],
+            gathered=flat[i + 6],
         )
         for i in range(0, len(flat), CLAIM_FIELDS)
     ]
@@ -165,5 +181,9 @@ def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any
         "lost": int(raw.get(Field.LOST, 0)),
         "max_lost": _int(raw.get(Field.MAX_LOST)),
         "claim_seq": _int(raw.get(Field.CLAIM_SEQ)),
+        "depends_on": [ref.split("/", 1)[1] for ref in raw[Field.PARENTS].split(",")]
+        if raw.get(Field.PARENTS)
+        else [],
+        "alias": raw.get(Field.ALIAS) or None,
         "flow_run_id": raw.get(Field.FLOW_RUN_ID) or None,
     }

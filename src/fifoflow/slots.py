@@ -53,11 +53,13 @@ class ThreadRunner:
 
     enforces_timeout = False
 
-    def __init__(self, resolver: Resolver, call: Call = direct_call) -> None:
-        self.resolver, self.call = resolver, call
+    def __init__(
+        self, resolver: Resolver, call: Call = direct_call, url: str | None = None
+    ) -> None:
+        self.resolver, self.call, self.url = resolver, call, url
 
     def run(self, job: Claimed) -> Outcome:
-        return execute(job, self.resolver, self.call)
+        return execute(job, self.resolver, self.call, self.url)
 
     def kill(self) -> None:  # a thread cannot be killed; the monitor abandons it
         pass
@@ -194,7 +196,7 @@ class Slots:
         Only the first queue is claimed from here; the dispatcher serves the others, so
         the queues' order is kept."""
         w = self.w
-        n = 0 if w.stopping.is_set() or job.queue != w.queues[0] else 1
+        n = 0 if w.stopping.is_set() or job.queue != w.queues[0] else w.take(1)
         req = ClaimRequest(w.name, n, w.pools, w.lease, nonce()) if n else None
 
         sends = 0
@@ -209,7 +211,8 @@ class Slots:
             )
 
         result = w.retry(report, forever=True)
-        w.processed += 1
+        w.untake(n - len(result.claimed))
+        w.done_one()
         log.log(
             logging.INFO if outcome.kind == "ok" else logging.WARNING,
             "job %s %s %s in %.3fs%s",

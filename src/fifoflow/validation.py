@@ -49,6 +49,17 @@ def validate_key(key: object) -> str | None:
     return key
 
 
+def validate_alias(alias: object) -> str | None:
+    """A caller-chosen job id: printable, no spaces, no '/' or ',' (they separate ids)."""
+    if alias is None:
+        return None
+    if not isinstance(alias, str) or not re.fullmatch(r"[^\s/,]{1,200}", alias):
+        raise UsageError(f"invalid job id {alias!r}: 1-200 characters, no spaces, '/' or ','")
+    if re.fullmatch(r"[0-9a-f]{18}", alias):
+        raise UsageError(f"invalid job id {alias!r}: it looks like an id fifoflow makes")
+    return alias
+
+
 def encode_params(params: object, max_bytes: int) -> str:
     """JSON object text of ``params``; never pickle. TypeError/ValueError name the problem."""
     if params is None:

@@ -75,6 +75,7 @@ class Worker:
         max_abandoned: int | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        max_jobs: int | None = None,
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
@@ -95,6 +96,14 @@ class Worker:
             raise UsageError(f"lease must be a positive number of seconds, not {lease_s!r}")
         self.lease = float(lease_s)
         self.grace = grace
+        if max_jobs is not None and (
+            isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1
+        ):
+            raise UsageError(f"max_jobs must be a positive integer, not {max_jobs!r}")
+        #: Stop (exit 0) once this many jobs were run; None: no limit.
+        self.max_jobs = max_jobs
+        self._taken = 0  # jobs claimed towards max_jobs
+        self._quota_lock = threading.Lock()
         self.max_abandoned = max_abandoned or self.settings.max_abandoned
         self.processes = processes
         import_modules(self.modules)  # fail fast, before touching the server
@@ -124,8 +133,8 @@ class Worker:
 
     def make_runner(self, resolver: Resolver) -> Runner:
         if self.processes:
-            return ProcessRunner(self.modules)
-        return ThreadRunner(resolver, self.call)
+            return ProcessRunner(self.modules, self.broker.url)
+        return ThreadRunner(resolver, self.call, self.broker.url)
 
     # -- public ----------------------------------------------------------------------
 
@@ -175,6 +184,28 @@ class Worker:
             self.restart_reason = reason
             log.warning("worker %s: %s; draining to start afresh", self.name, reason)
         self.stop()
+
+    def take(self, n: int) -> int:
+        """How many of ``n`` more jobs this worker may claim (``max_jobs``)."""
+        if self.max_jobs is None:
+            return n
+        with self._quota_lock:
+            k = max(0, min(n, self.max_jobs - self._taken))
+            self._taken += k
+            return k
+
+    def untake(self, n: int) -> None:
+        """Claims that got no job give their share back."""
+        if self.max_jobs is not None and n > 0:
+            with self._quota_lock:
+                self._taken -= n
+
+    def done_one(self) -> None:
+        """A job's outcome is recorded; the last of ``max_jobs`` stops the worker."""
+        self.processed += 1
+        if self.max_jobs is not None and self.processed >= self.max_jobs:
+            log.info("worker %s: ran %d job(s) (--max-jobs); stopping", self.name, self.processed)
+            self.stop()
 
     def give_back(self, jobs: Sequence[Claimed], delay: float = 0.0) -> None:
         """Claimed jobs that will not run here back to their places in line."""

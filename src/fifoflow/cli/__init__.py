@@ -2,9 +2,9 @@
 
 People get rich tables and progress bars; scripts get ``--json`` (one document on stdout).
 Exit codes: 0 success, 1 an operation failed, 2 bad usage or input, always as one line on
-stderr, never a traceback. The commands live in ``jobs`` (queues and jobs), ``serve``
-(things that run) and ``monitor`` (alerts); this module assembles them and maps failures
-to exit codes.
+stderr, never a traceback. The commands live in ``push`` (adding jobs), ``jobs`` (queues
+and jobs), ``serve`` (things that run) and ``monitor`` (alerts); this module assembles them
+and maps failures to exit codes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import redis
 import typer
 
 from ..errors import FifoflowError, UsageError
-from . import jobs, monitor, serve
+from . import jobs, monitor, push, serve
 from .common import err
 
 try:  # typer 0.2x vendors its own click
@@ -35,7 +35,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 for command in (
-    jobs.push,
+    push.push,
     serve.worker,
     jobs.status,
     jobs.jobs,
@@ -48,6 +48,7 @@ for command in (
     monitor.monitor,
 ):
     app.command()(command)
+app.command("push-dag")(push.push_dag_command)
 app.add_typer(jobs.dlq_app, name="dlq")
 app.add_typer(serve.server_app, name="server")
 

@@ -1,12 +1,9 @@
-"""Commands about jobs and queues: push, status, jobs, job, cancel, workers, wait, dlq."""
+"""Commands about jobs and queues: status, jobs, job, cancel, workers, wait, dlq."""
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,8 +11,6 @@ from rich.table import Table
 
 from ..errors import JobNotFound, UsageError
 from ..queue import STATUSES, Queue
-from ..settings import get_settings
-from ..validation import encode_params, validate_target
 from .common import (
     JsonOpt,
     QueueOpt,
@@ -33,83 +28,6 @@ from .common import (
 )
 
 dlq_app = typer.Typer(help="The dead-letter queue: list, requeue, purge.", no_args_is_help=True)
-
-
-# -- push -------------------------------------------------------------------------------
-
-
-def _parse_object(text: str, where: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-    except RecursionError:
-        raise UsageError(f"{where}: invalid JSON (nested too deeply)") from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"{where}: expected a JSON object, got {type(doc).__name__}")
-    try:
-        encode_params(doc, get_settings().max_params_bytes)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"{where}: {e}") from None
-    return doc
-
-
-def _read_params_file(path: str) -> list[dict[str, Any]]:
-    """JSON Lines, validated whole before anything is queued; blank lines are skipped."""
-    try:
-        if path == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read params file {path!r}: {e}") from None
-    params = [
-        _parse_object(line, f"{path} line {i}") for i, line in enumerate(lines, 1) if line.strip()
-    ]
-    if not params:
-        raise UsageError(f"params file {path!r} has no parameter sets")
-    return params
-
-
-def push(
-    target: Annotated[str, typer.Argument(help="package.module:function")],
-    params: Annotated[str | None, typer.Option("--params", "-p", help="JSON object.")] = None,
-    params_file: Annotated[
-        str | None, typer.Option("--params-file", "-f", help="JSON Lines file, or - for stdin.")
-    ] = None,
-    queue: QueueOpt = None,
-    priority: Annotated[int, typer.Option(help="Higher starts first.")] = 0,
-    pool: Annotated[str, typer.Option(help="Pool of workers that may run it.")] = "default",
-    key: Annotated[str | None, typer.Option(help="De-duplication key.")] = None,
-    delay: Annotated[float | None, typer.Option(help="Seconds before it may start.")] = None,
-    retries: Annotated[int, typer.Option(help="Retries after the first attempt.")] = 3,
-    timeout: Annotated[float | None, typer.Option(help="Seconds an attempt may take.")] = None,
-    max_lost: Annotated[
-        int | None, typer.Option(help="Lost workers tolerated before it is dead [2].")
-    ] = None,
-) -> None:
-    """Queue one job per parameter set; print one job id per line."""
-    validate_target(target)
-    if params is not None and params_file is not None:
-        raise UsageError("give --params or --params-file, not both")
-    if params_file is not None:
-        sets = _read_params_file(params_file)
-    else:
-        sets = [_parse_object(params, "--params") if params is not None else {}]
-    q = open_queue(queue)
-    options: dict[str, Any] = dict(
-        priority=priority,
-        pool=pool,
-        key=key,
-        delay=delay,
-        retries=retries,
-        timeout=timeout,
-        max_lost=max_lost,
-    )
-    with progress("pushing") as bar:
-        task = bar.add_task("push", total=len(sets))
-        jobs = q.push_many(target, sets, on_batch=lambda n: bar.advance(task, n), **options)
-    sys.stdout.write("".join(j.id + "\n" for j in jobs))
 
 
 # -- inspecting --------------------------------------------------------------------------
@@ -335,4 +253,4 @@ def dlq_purge(queue: QueueOpt = None) -> None:
     out.print(f"purged {q.purge_dead()} dead job(s) from {q.name}")
 
 
-__all__ = ["cancel", "dlq_app", "err", "job", "jobs", "push", "status", "wait", "workers"]
+__all__ = ["cancel", "dlq_app", "err", "job", "jobs", "status", "wait", "workers"]

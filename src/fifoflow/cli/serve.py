@@ -46,6 +46,9 @@ def worker(
         int | None, typer.Option(min=0, max=65535, help="Serve Prometheus /metrics on this port.")
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Interface of --metrics-port.")] = "127.0.0.1",
+    max_jobs: Annotated[
+        int | None, typer.Option(min=1, help="Exit 0 after running this many jobs.")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
 ) -> None:
     """Run jobs from the queues, greedily, up to --concurrency at once."""
@@ -74,6 +77,7 @@ def worker(
         max_abandoned=max_abandoned,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        max_jobs=max_jobs,
     )
     if prefect:
         try:

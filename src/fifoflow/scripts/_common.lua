@@ -109,18 +109,67 @@ local function promote(P, zkey, now, limit)
   return #due
 end
 
--- Record a final status: the job leaves the dedupe index and expires after ttl.
--- `fields` are more HSET field/value pairs written in the same call; `key` is the job's
--- de-duplication key (false or '' if none).
-local function finish(P, id, status, now, ttl, key, fields)
+-- The prefix of another queue's keys (a dependency may cross queues of one server).
+local function prefix_of(queue)
+  return 'ff:{' .. queue .. '}:'
+end
+
+-- Record a final status: the job leaves the dedupe index, expires after its ttl (its own,
+-- else `ttl`), and result waiters hear of it. `job` holds what the caller read of it: key
+-- (its de-duplication key), result_ttl. `fields` are more HSET pairs written with it.
+local function record_final(P, id, status, now, ttl, job, fields)
   local jk = job_key(P, id)
   redis.call('HSET', jk, F.status, status, F.finished_at, fmt_time(now), F.token, '',
     unpack(fields or {}))
   redis.call('ZADD', P .. status, now, id)
-  if key and key ~= '' and redis.call('HGET', P .. K.keys, key) == id then
-    redis.call('HDEL', P .. K.keys, key)
+  if job.key and job.key ~= '' and redis.call('HGET', P .. K.keys, job.key) == id then
+    redis.call('HDEL', P .. K.keys, job.key)
   end
-  if tonumber(ttl) > 0 then redis.call('EXPIRE', jk, ttl) end
+  local keep = tonumber(job.result_ttl) or tonumber(ttl)
+  if keep > 0 then redis.call('EXPIRE', jk, keep) end
+  redis.call('PUBLISH', P .. K.done, id)
+end
+
+-- The one door to a final status: record it, then settle the jobs waiting on this one
+-- (job.children = '1'): a success counts down their parents, and the last one puts them
+-- in line at their own places (their ids keep their rank); a failure makes them dead, and
+-- theirs after them, unless they asked to run anyway (on_parent_failure = 'run').
+local function finish(P, id, status, now, ttl, job, fields)
+  record_final(P, id, status, now, ttl, job, fields)
+  if job.children ~= '1' then return end
+  local stack = {{P, id, status}}
+  while #stack > 0 do
+    local top = table.remove(stack)
+    local PP, pid, pstatus = top[1], top[2], top[3]
+    local ck = PP .. K.children .. pid
+    for _, ref in ipairs(redis.call('SMEMBERS', ck)) do
+      local cq, cid = string.match(ref, '^([^/]+)/(.+)$')
+      local CP = prefix_of(cq)
+      local cjk = job_key(CP, cid)
+      local c = read(cjk, F.status, F.on_parent_failure, F.gather, F.pool, F.priority,
+        F.key, F.result_ttl, F.children)
+      if c.status == S.waiting then
+        local ok = pstatus == S.succeeded
+        if ok or c.on_parent_failure == 'run' then
+          if c.gather and c.gather ~= '' then
+            local result = ok and redis.call('HGET', job_key(PP, pid), F.result) or 'null'
+            redis.call('HSET', CP .. K.gathered .. cid, pid, result or 'null')
+          end
+          if redis.call('HINCRBY', cjk, F.waiting_on, -1) <= 0 then
+            redis.call('ZREM', CP .. K.waiting, cid)
+            enqueue_ready(CP, cid, c.pool, c.priority, now)
+          end
+        else
+          redis.call('ZREM', CP .. K.waiting, cid)
+          record_final(CP, cid, S.dead, now, ttl, c,
+            {F.error, 'DependencyFailed: parent ' .. pid .. ' ' .. pstatus})
+          count(CP, E.dead, c.pool)
+          if c.children == '1' then stack[#stack + 1] = {CP, cid, S.dead} end
+        end
+      end
+    end
+    redis.call('DEL', ck)
+  end
 end
 
 -- A running job lost its worker (lease expired, or the worker was seen dead). It counts:
@@ -130,7 +179,7 @@ local function lose(P, id, now, policy)
   local jk = job_key(P, id)
   redis.call('ZREM', P .. K.running, id)
   local f = read(jk, F.pool, F.priority, F.worker, F.lost, F.max_lost, F.key, F.target,
-    F.started_at)
+    F.started_at, F.result_ttl, F.children)
   if not f.pool then return end
   local lost = (tonumber(f.lost) or 0) + 1
   local limit = tonumber(f.max_lost) or policy.max_lost
@@ -139,8 +188,7 @@ local function lose(P, id, now, policy)
   if lost > limit then
     local reason = 'WorkerLost: lost its worker ' .. lost .. ' times (last: ' ..
       (f.worker or '?') .. ')'
-    finish(P, id, S.dead, now, policy.ttl, f.key, {F.lost, lost, F.error, reason,
-      F.worker, ''})
+    finish(P, id, S.dead, now, policy.ttl, f, {F.lost, lost, F.error, reason, F.worker, ''})
     count(P, E.dead, f.pool)
   else
     redis.call('HSET', jk, F.token, '', F.worker, '', F.lost, lost)
@@ -177,12 +225,26 @@ local function claim_request(argv, i)
   return req
 end
 
-local function claimed_fields(out, id, f)
+-- What a gathering job gets: its parents' results, in its parents' (push) order, as the
+-- text of a JSON array (each result is JSON text already); '' for other jobs.
+local function gathered(P, id, f)
+  if not f.gather or f.gather == '' then return '' end
+  local results = {}
+  for ref in string.gmatch(f.parents or '', '[^,]+') do
+    local pid = string.match(ref, '/(.+)$')
+    results[#results + 1] = redis.call('HGET', P .. K.gathered .. id, pid) or 'null'
+  end
+  return '[' .. table.concat(results, ',') .. ']'
+end
+
+local function claimed_fields(P, out, id, f)
   out[#out + 1] = id
   out[#out + 1] = f.target or ''
   out[#out + 1] = f.params or '{}'
   out[#out + 1] = f.timeout or ''
   out[#out + 1] = f.attempts
+  out[#out + 1] = f.gather or ''
+  out[#out + 1] = gathered(P, id, f)
 end
 
 -- The best head (highest priority, then oldest) across the pools' ready sets, removed.
@@ -205,8 +267,8 @@ local function pop_best(P, pools)
   return best_id
 end
 
--- Claim up to req.n jobs. Returns a flat array, 5 fields a job: id, target, params,
--- timeout, attempts. The fencing token is the request's nonce, chosen at random by the
+-- Claim up to req.n jobs. Returns a flat array, 7 fields a job: id, target, params,
+-- timeout, attempts, gather mode, gathered results. The fencing token is the request's nonce, chosen at random by the
 -- worker: unique even if the server loses its last writes. The nonce also makes the claim
 -- idempotent: a claim re-sent after a lost reply (the worker says so) returns the jobs the
 -- first one took (those still running with this token), never new ones; only then are
@@ -215,8 +277,9 @@ local function claim(P, req, now)
   local out = {}
   if req.resend then
     for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
-      local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts)
-      if f.token == req.nonce then claimed_fields(out, id, f) end
+      local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts,
+        F.gather, F.parents)
+      if f.token == req.nonce then claimed_fields(P, out, id, f) end
     end
     if #out > 0 then return out end
   end
@@ -232,7 +295,7 @@ local function claim(P, req, now)
     end
     local jk = job_key(P, id)
     local f = read(jk, F.target, F.params, F.timeout, F.attempts, F.pool, F.queued_at,
-      F.created_at)
+      F.created_at, F.gather, F.parents)
     f.attempts = tostring((tonumber(f.attempts) or 0) + 1)
     local queued = tonumber(f.queued_at or f.created_at) or now
     observe(P, 'wait', f.pool or '', V.wait_buckets, math.max(now - queued, 0))
@@ -240,7 +303,7 @@ local function claim(P, req, now)
       F.token, req.nonce, F.attempts, f.attempts,
       F.claim_seq, redis.call('INCR', P .. K.claims))
     redis.call('ZADD', P .. K.running, deadline, id)
-    claimed_fields(out, id, f)
+    claimed_fields(P, out, id, f)
     ids[#ids + 1] = id
   end
   -- A worker woken by a token may have claimed from another pool than the token's: while
@@ -282,31 +345,62 @@ local function remember(P, nonce, reply)
   return reply
 end
 
--- Jobs waiting in line (ready in any pool, delayed, or waiting for a retry): what
--- max_length bounds.
+-- Jobs waiting in line (ready in any pool, delayed, waiting for a retry or for parents):
+-- what max_length bounds.
 local function pending(P)
   local n = redis.call('ZCARD', P .. K.delayed) + redis.call('ZCARD', P .. K.retry)
+    + redis.call('ZCARD', P .. K.waiting)
   for _, pool in ipairs(redis.call('SMEMBERS', P .. K.pools)) do
     n = n + redis.call('ZCARD', P .. K.ready .. pool)
   end
   return n
 end
 
--- The active job holding a de-duplication key (queued, delayed or running), or nil.
+-- The active job holding a de-duplication key (queued, waiting, delayed or running), or nil.
 local function holder(P, key)
   local id = redis.call('HGET', P .. K.keys, key)
   if not id then return nil end
   local st = redis.call('HGET', job_key(P, id), F.status)
-  if st == S.queued or st == S.delayed or st == S.running then return id end
+  if st == S.queued or st == S.delayed or st == S.running or st == S.waiting then return id end
   return nil
 end
 
 -- The push spec at ARGV[i..]: target, priority, pool, retries, timeout, delay, max_lost.
+-- ARGV places it takes: target, priority, pool, retries, timeout, delay, max_lost,
+-- parents ("QUEUE/ID,..." or ''), gather ('' | 'results' | 'input'), on_parent_failure,
+-- result_ttl ('' = the queue's), alias ('' = none; one-job pushes only).
+local SPEC_LEN = 12
 local function push_spec(argv, i)
-  return {
+  local spec = {
     target = argv[i], priority = argv[i + 1], pool = argv[i + 2], retries = argv[i + 3],
     timeout = argv[i + 4], delay = tonumber(argv[i + 5]) or 0, max_lost = argv[i + 6],
+    parents = argv[i + 7], gather = argv[i + 8], on_parent_failure = argv[i + 9],
+    result_ttl = argv[i + 10], alias = argv[i + 11], refs = {},
   }
+  for ref in string.gmatch(spec.parents, '[^,]+') do spec.refs[#spec.refs + 1] = ref end
+  return spec
+end
+
+-- Where a push's parents stand: the ones still to finish (pending), the results a
+-- gathering job gets of those already done, and the first that failed. nil and the
+-- unknown parent if one does not exist (nothing is written then).
+local function parents_state(spec)
+  local state = {pending = {}, results = {}, failed = nil}
+  for _, ref in ipairs(spec.refs) do
+    local q, pid = string.match(ref, '^([^/]+)/(.+)$')
+    local pjk = job_key(prefix_of(q), pid)
+    local pf = read(pjk, F.status, F.result)
+    if not pf.status then return nil, ref end
+    if pf.status == S.succeeded then
+      state.results[pid] = pf.result or 'null'
+    elseif pf.status == S.dead or pf.status == S.cancelled then
+      state.failed = state.failed or (pid .. ' ' .. pf.status)
+      state.results[pid] = 'null'
+    else
+      state.pending[#state.pending + 1] = {prefix_of(q), pid}
+    end
+  end
+  return state
 end
 
 -- Ranks: strictly increasing per queue, close to server time (microseconds), fixed-width
@@ -329,12 +423,46 @@ local function write_job(P, id, spec, params, key, now)
     F.status, S.queued)
   if spec.timeout ~= '' then redis.call('HSET', jk, F.timeout, spec.timeout) end
   if spec.max_lost ~= '' then redis.call('HSET', jk, F.max_lost, spec.max_lost) end
+  if spec.result_ttl ~= '' then redis.call('HSET', jk, F.result_ttl, spec.result_ttl) end
   if key ~= '' then redis.call('HSET', jk, F.key, key) end
+  if spec.alias ~= '' then
+    redis.call('HSET', jk, F.alias, spec.alias)
+    redis.call('HSET', P .. K.aliases, spec.alias, id)
+  end
 end
 
--- New jobs of one push become visible: ready (one ZADD per chunk, one wake token a job up to
--- the cap) or delayed, and their keys enter the dedupe index.
-local function publish(P, ids, keys_by_id, spec, now)
+-- New jobs with parents: each remembers them; the pending parents remember it. Returns
+-- what becomes of the jobs now: S.queued (ready), S.waiting (for the pending parents) or
+-- S.dead (a parent failed and they did not ask to run anyway).
+local function attach(P, ids, spec, state, now)
+  if #spec.refs == 0 then return 'ready' end
+  local queue = string.match(P, '^ff:{(.+)}:$')
+  local dead = state.failed and spec.on_parent_failure ~= 'run'
+  for _, id in ipairs(ids) do
+    local jk = job_key(P, id)
+    redis.call('HSET', jk, F.parents, spec.parents, F.waiting_on, #state.pending,
+      F.gather, spec.gather, F.on_parent_failure, spec.on_parent_failure)
+    if not dead then
+      if spec.gather ~= '' then
+        for pid, result in pairs(state.results) do
+          redis.call('HSET', P .. K.gathered .. id, pid, result)
+        end
+      end
+      for _, parent in ipairs(state.pending) do
+        redis.call('SADD', parent[1] .. K.children .. parent[2], queue .. '/' .. id)
+        redis.call('HSET', job_key(parent[1], parent[2]), F.children, '1')
+      end
+    end
+  end
+  if dead then return S.dead end
+  if #state.pending > 0 then return S.waiting end
+  return S.queued
+end
+
+-- New jobs of one push, all in one state (`fate`, from attach) become visible: ready (one
+-- ZADD per chunk, one wake token a job up to the cap) or delayed; waiting for parents; or
+-- dead at once (a parent failed). Their keys enter the dedupe index unless dead.
+local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl)
   redis.call('SADD', P .. K.pools, spec.pool)
   if #ids > 0 then count(P, E.pushed, spec.pool, #ids) end
   local by_rank = {}
@@ -343,10 +471,23 @@ local function publish(P, ids, keys_by_id, spec, now)
     by_rank[#by_rank + 1] = id
     if #by_rank >= 4000 or i == #ids then
       redis.call('ZADD', P .. K.all, unpack(by_rank))
+      if fate == S.waiting then redis.call('ZADD', P .. K.waiting, unpack(by_rank)) end
       by_rank = {}
     end
   end
+  if fate == S.dead then
+    local why = {F.error, 'DependencyFailed: parent ' .. state.failed}
+    for _, id in ipairs(ids) do
+      record_final(P, id, S.dead, now, ttl, {result_ttl = spec.result_ttl}, why)
+    end
+    count(P, E.dead, spec.pool, #ids)
+    return S.dead
+  end
   for id, key in pairs(keys_by_id) do redis.call('HSET', P .. K.keys, key, id) end
+  if fate == S.waiting then
+    for _, id in ipairs(ids) do redis.call('HSET', job_key(P, id), F.status, S.waiting) end
+    return S.waiting
+  end
   if spec.delay > 0 then
     local first = nil
     for _, id in ipairs(ids) do

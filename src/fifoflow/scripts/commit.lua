@@ -1,15 +1,17 @@
 -- commit.lua: make every job staged by one push visible at once, or none of them.
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- ARGV[1]  push id (see stage.lua)      ARGV[2] '1' if this is a re-send
--- ARGV[3..9] the push spec (see push.lua; the same as each stage.lua call)
--- ARGV[10] '1' if any job of the push has a de-duplication key
+-- ARGV[3]  ttl seconds of finished records (for jobs dead at once: a parent failed)
+-- ARGV[4..15] the push spec (see push_spec; the same as each stage.lua call)
+-- ARGV[16] '1' if any job of the push has a de-duplication key
 -- Returns  {'OK', id1, new1, status1, ...} in push order (as push.lua)
 --       or {'FULL', pending, max_length, adding}   (nothing added; the staged jobs are gone)
+--       or {'NOPARENT', QUEUE/ID} (nothing added; the staged jobs are gone)
 --       or {'GONE'}  (nothing staged under that id: it expired)
 local P = KEYS[1]
-local push_id, resend = ARGV[1], ARGV[2]
-local spec = push_spec(ARGV, 3)
-local keyed = ARGV[10] == '1'
+local push_id, resend, ttl = ARGV[1], ARGV[2], ARGV[3]
+local spec = push_spec(ARGV, 4)
+local keyed = ARGV[4 + SPEC_LEN] == '1'
 local list = P .. K.stage .. push_id
 
 local prior = replayed(P, push_id, resend)
@@ -17,6 +19,7 @@ if prior then return prior end
 local now = now_s()
 local staged = redis.call('LRANGE', list, 0, -1)
 if #staged == 0 then return {'GONE'} end
+local state, unknown = parents_state(spec)
 
 -- De-duplication, as push.lua does it; a staged job that loses is deleted.
 local final, new, keys_by_id, by_key = {}, {}, {}, {}
@@ -42,6 +45,11 @@ local function drop(ids)
   redis.call('ZREM', P .. K.staging, push_id)
 end
 
+if not state then
+  drop(staged)
+  return {'NOPARENT', unknown}
+end
+
 local max_length = tonumber(redis.call('HGET', P .. K.meta, 'max_length') or '')
 if max_length and #visible > 0 then
   local waiting = pending(P)
@@ -56,7 +64,8 @@ for j, id in ipairs(staged) do
   if not new[j] then losers[#losers + 1] = id end
 end
 drop(losers)
-local status = publish(P, visible, keys_by_id, spec, now)
+local fate = attach(P, visible, spec, state, now)
+local status = publish(P, visible, keys_by_id, spec, now, fate, state, ttl)
 local out = {'OK'}
 for j, id in ipairs(final) do
   out[#out + 1] = id

@@ -11,7 +11,7 @@
 -- ARGV[7]  retry base seconds     ARGV[8] retry cap seconds    ARGV[9] jitter in [0.5, 1]
 -- ARGV[10] the worker's slot that ran it ('' if none): for the timeline
 -- ARGV[11..] the claim request for the slot's next job (N = 0: none), as in claim.lua
--- Returns  {outcome, next_event_seconds, claimed jobs (5 fields each)...}
+-- Returns  {outcome, next_event_seconds, claimed jobs (7 fields each)...}
 --          outcome: 'succeeded' | 'retry' | 'dead' | 'stale'
 local P = KEYS[1]
 local job_id, token, outcome, payload, tb, extra = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
@@ -23,7 +23,7 @@ local jk = job_key(P, job_id)
 local now = now_s()
 
 local cur = read(jk, F.token, F.status, F.retries, F.key, F.failures, F.pool, F.done,
-  F.started_at, F.target, F.worker)
+  F.started_at, F.target, F.worker, F.result_ttl, F.children)
 local result = 'stale'
 local wake_after = nil  -- a retry due before anything else: wake a worker at the end
 if cur.token == token and cur.status == S.running and token ~= '' then
@@ -44,7 +44,7 @@ if cur.token == token and cur.status == S.running and token ~= '' then
     fields[#fields + 1] = F.done
     fields[#fields + 1] = token .. '|' .. result
     if cur.failures then redis.call('HDEL', jk, F.error, F.traceback) end
-    finish(P, job_id, S.succeeded, now, req.policy.ttl, cur.key, fields)
+    finish(P, job_id, S.succeeded, now, req.policy.ttl, cur, fields)
     count(P, E.succeeded, cur.pool)
   else
     local failures = (tonumber(cur.failures) or 0) + 1
@@ -61,7 +61,7 @@ if cur.token == token and cur.status == S.running and token ~= '' then
       wake_after = schedule(P, K.retry, job_id, now + delay, cur.pool)
       count(P, E.retried, cur.pool)
     else
-      finish(P, job_id, S.dead, now, req.policy.ttl, cur.key, fields)
+      finish(P, job_id, S.dead, now, req.policy.ttl, cur, fields)
       count(P, E.dead, cur.pool)
     end
   end
@@ -77,7 +77,7 @@ if req.n > 0 then
 end
 -- The time to the next event matters only to a slot that is about to go idle.
 local soonest = -1
-if req.n == 0 or #out < req.n * 5 then soonest = next_event(P, now) end
+if req.n == 0 or #out < req.n * 7 then soonest = next_event(P, now) end
 if wake_after then wake(P, wake_after) end
 table.insert(out, 1, tostring(soonest))
 table.insert(out, 1, result)

@@ -2,21 +2,29 @@
 -- batch goes through stage.lua and commit.lua instead).
 -- KEYS[1]  queue prefix "ff:{QUEUE}:" (routing and key names)
 -- ARGV[1]  nonce: a re-sent push (its reply was lost) returns the first reply, adds nothing
--- ARGV[2]  '1' if this is a re-send
--- ARGV[3]  id suffix (4 hex digits of the queue name)
--- ARGV[4..10] the push spec: target, priority, pool, retries, timeout ('' = none),
---          delay seconds ('' or 0 = none), max_lost ('' = the workers' default)
--- ARGV[11..] pairs: params (JSON), de-duplication key ('' = none)
+-- ARGV[2]  '1' if this is a re-send      ARGV[3] id suffix (4 hex digits of the queue name)
+-- ARGV[4]  ttl seconds of finished records (for jobs dead at once: a parent failed)
+-- ARGV[5..16] the push spec (see push_spec in _common.lua: target, priority, pool,
+--          retries, timeout, delay, max_lost, parents, gather, on_parent_failure,
+--          result_ttl, alias)
+-- ARGV[17..] pairs: params (JSON), de-duplication key ('' = none)
 -- Returns  {'OK', id1, new1, status1, ...}  (new = '1' added, '0' de-duplicated)
 --       or {'FULL', pending, max_length, adding}   (nothing added)
+--       or {'NOPARENT', QUEUE/ID} / {'ALIAS', alias}  (nothing added)
 local P = KEYS[1]
-local nonce, resend, suffix = ARGV[1], ARGV[2], ARGV[3]
-local spec = push_spec(ARGV, 4)
-local FIRST = 11
+local nonce, resend, suffix, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local spec = push_spec(ARGV, 5)
+local FIRST = 5 + SPEC_LEN
 
 local prior = replayed(P, nonce, resend)
 if prior then return prior end
 local now = now_s()
+
+local state, unknown = parents_state(spec)
+if not state then return {'NOPARENT', unknown} end
+if spec.alias ~= '' and redis.call('HEXISTS', P .. K.aliases, spec.alias) == 1 then
+  return {'ALIAS', spec.alias}
+end
 
 -- De-duplication first: a key already queued, delayed or running returns that job; a key
 -- repeated within the batch gets the job made for its first occurrence.
@@ -56,7 +64,8 @@ for j, e in ipairs(entries) do
     if key ~= '' then keys_by_id[ids[e.slot]] = key end
   end
 end
-local status = publish(P, ids, keys_by_id, spec, now)
+local fate = attach(P, ids, spec, state, now)
+local status = publish(P, ids, keys_by_id, spec, now, fate, state, ttl)
 
 local out = {'OK'}
 for _, e in ipairs(entries) do
