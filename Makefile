@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-under-load test-redis-min lint demo bench chaos clean
+.PHONY: install test test-under-load test-redis-min lint demo bench chaos screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +50,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The dashboard's pictures in docs/images/, taken by its browser tests.
+screenshots: $(STAMP)
+	FIFOFLOW_SCREENSHOTS=$(CURDIR)/docs/images $(BIN)/python -m pytest -q tests/test_dashboard_browser.py
 
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_chaos.py --chaos-long -s
