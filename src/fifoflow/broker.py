@@ -8,8 +8,8 @@ typed records (``records.py``); neither ``Queue`` nor the worker builds a comman
 Pushes, claims and reports carry a nonce (claims: the fencing token), so a call whose
 reply was lost (a connection error or a socket timeout) is simply sent again: the server
 recognises it and answers as the first time, without doing it twice. Reads (counts,
-records) live in ``BrokerReads``, pushes in ``Producing``, the worker registry in
-``WorkerRegistry``.
+records) live in ``BrokerReads``, listings in ``Pages``, pushes in ``Producing``, the
+worker registry in ``WorkerRegistry``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from . import keys, scripts
+from .broker_pages import Pages
 from .broker_push import Producing
 from .broker_reads import BrokerReads
 from .connection import connect, resolve_url
@@ -36,6 +37,7 @@ from .records import (
     ClaimRequest,
     Completion,
     Outcome,
+    Retry,
     nonce,
     parse_claimed,
 )
@@ -69,7 +71,7 @@ class Policy:
         )
 
 
-class Broker(Producing, BrokerReads, WorkerRegistry):
+class Broker(Producing, BrokerReads, Pages, WorkerRegistry):
     """State changes and reads of every queue on one server. Thread-safe."""
 
     def __init__(
@@ -253,7 +255,8 @@ class Broker(Producing, BrokerReads, WorkerRegistry):
         _, reply = self._script(
             "complete", job.queue, args, conn=conn, resend_at=resend_at, resent=resent
         )
-        return Completion(reply[0], float(reply[1]), parse_claimed(job.queue, req.nonce, reply[2:]))
+        claimed = parse_claimed(job.queue, req.nonce, reply[3:])
+        return Completion(reply[0], float(reply[1]), claimed, Retry.parse(reply[2]))
 
     def extend(self, queue: str, jobs: Sequence[Claimed], lease: float) -> list[str]:
         """Renew leases; returns the ids whose lease was lost to another worker."""

@@ -1,9 +1,12 @@
 """The broker's producing side: pushes (one script call up to ``BATCH`` jobs; more are
-staged batch by batch and made visible in one call, or not at all) and back-pressure."""
+staged batch by batch and made visible in one call, or not at all), back-pressure, and the
+bridge from a raw Redis list (``bridge.lua``)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
@@ -29,6 +32,7 @@ class Producing:
     policy: Any  # broker.Policy
     _registered: set[str]
     _script: Callable[..., tuple[list[Any], Any]]
+    connection: Callable[[], AbstractContextManager[redis.Connection]]
 
     def push(
         self,
@@ -88,6 +92,43 @@ class Producing:
         return [
             Pushed(reply[i], reply[i + 1] == "1", reply[i + 2]) for i in range(1, len(reply), 3)
         ]
+
+    def list_tail(self, source: str, n: int) -> list[bytes]:
+        """The last ``n`` items of a raw list (its oldest, for LPUSH producers), oldest
+        first, as bytes: they need not be text."""
+        with self.connection() as conn:
+            conn.send_command("LRANGE", source, -n, -1)  # type: ignore[no-untyped-call]
+            items = conn.read_response(disable_decoding=True)
+        return [bytes(i) for i in reversed(items or [])]
+
+    def bridge(
+        self,
+        queue: str,
+        source: str,
+        spec: PushSpec,
+        items: Sequence[bytes],
+        verdicts: Sequence[tuple[bool, str]],
+    ) -> tuple[int, int] | None:
+        """Move ``items`` (``list_tail``'s, oldest first) from the raw list into the queue
+        in one script call: each as a job with the params of its verdict ``(True,
+        params_json)``, or into ``SOURCE:rejected`` as ``(False, entry_json)``. Returns
+        (moved, rejected), or None if the list's tail is no longer these items (nothing
+        changed). Raises ``QueueFull`` (nothing changed). Safe to re-send after a lost
+        reply: the first send left another tail, so a re-send moves only what is there."""
+        lrange_order = list(reversed(items))
+        digest = hashlib.sha1(b"".join(b"%d:%s" % (len(i), i) for i in lrange_order))
+        pairs: list[str] = []
+        for ok, payload in verdicts:
+            pairs += ["ok" if ok else "bad", payload]
+        self._register_queue(queue)
+        args = [source, f"{source}:rejected", digest.hexdigest(), len(items)]
+        args += [keys.id_suffix(queue), self.policy.ttl, *spec.args(), *pairs]
+        _, reply = self._script("bridge", queue, args)
+        if reply[0] == "CHANGED":
+            return None
+        if reply[0] == "FULL":
+            raise QueueFull(queue, int(reply[1]), int(reply[2]), int(reply[3]))
+        return int(reply[1]), int(reply[2])
 
     def set_max_length(self, queue: str, max_length: int | None) -> None:
         if max_length is None:

@@ -147,14 +147,6 @@ class BrokerReads:
 
     # -- operations: counters, histograms, the timeline, pages ----------------------------
 
-    @staticmethod
-    def _sets_of(status: str | None) -> list[Key]:
-        if status is None:
-            return [Key.ALL]
-        if status == Status.DELAYED:
-            return [Key.DELAYED, Key.RETRY]
-        return [Key(status)]
-
     def metrics(self, queue: str) -> dict[str, Any]:
         """The queue's monotonic counters and histograms, as the scripts keep them:
         ``{"counters": {event: {pool: n}}, "wait" / "run": {pool: ([n per bucket], sum s)}}``.
@@ -253,75 +245,6 @@ class BrokerReads:
             pipe.zcard(keys.ready(queue, p))
         return dict(zip(pools, (int(n) for n in pipe.execute()), strict=True))
 
-    def page(
-        self,
-        queue: str,
-        status: str | None = None,
-        *,
-        pool: str | None = None,
-        target: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        newest_first: bool = True,
-        rounds: int = 1,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of jobs and the cursor of the next (None: no more). Without a status:
-        every job by push order (newest first unless told otherwise); ``queued``: in run
-        order (priority, then push order); other statuses: by their set's time (finish, due
-        or lease time), newest first unless told otherwise.
-
-        Bounded by the page, whatever the queue's size: a round reads a window of ``limit``
-        + 1 entries from each listed set (one command each, from the cursor's offset in that
-        set; the one more says whether a next page exists) and the records of the first
-        ``limit`` of them in merged order (one command each). A filter the sets cannot
-        apply (``pool`` beside a status other than queued, a ``target`` substring) drops
-        what does not match; up to ``rounds`` windows are read to fill the page, and the
-        cursor says where the scan stopped."""
-        if status is not None and status not in STATUSES:
-            raise UsageError(f"unknown status {status!r}: one of {', '.join(STATUSES)}")
-        if limit < 1 or rounds < 1:
-            raise UsageError("limit and rounds must be at least 1")
-        if status == Status.QUEUED:  # run order: priority, then push order
-            names = [pool] if pool else self.pools(queue)
-            sets = {n: keys.ready(queue, n) for n in names}
-            descending = False
-        else:
-            sets = {str(k): keys.queue_key(queue, k) for k in self._sets_of(status)}
-            descending = newest_first
-        offsets = _parse_cursor(cursor, list(sets))
-
-        def wanted(r: dict[str, Any]) -> bool:
-            if pool is not None and status != Status.QUEUED and r["pool"] != pool:
-                return False
-            return not target or target in str(r["target"])
-
-        out: list[dict[str, Any]] = []
-        more = False
-        for _ in range(rounds):
-            pipe = self.client.pipeline(transaction=False)
-            for name, zkey in sets.items():
-                read = pipe.zrevrange if descending else pipe.zrange
-                read(zkey, offsets[name], offsets[name] + limit, withscores=True)
-            parts = dict(zip(sets, pipe.execute(), strict=True))
-            merged = sorted(
-                ((score, job_id, name) for name, part in parts.items() for job_id, score in part),
-                reverse=descending,
-            )  # its first `limit` + 1 are the listing's next ones: no set has more before them
-            records = {r["id"]: r for r in self.records(queue, [m[1] for m in merged[:limit]])}
-            used = 0
-            for _, job_id, name in merged[:limit]:
-                used += 1
-                offsets[name] += 1
-                record = records.get(job_id)
-                if record is not None and wanted(record):
-                    out.append(record)
-                    if len(out) == limit:
-                        break
-            more = used < len(merged)
-            if len(out) == limit or not more:
-                break
-        return out, (_format_cursor(offsets) if more else None)
-
 
 def _event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     row: dict[str, Any] = dict(fields)
@@ -329,20 +252,3 @@ def _event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     for t in ("started", "finished"):
         row[t] = float(row[t]) if row.get(t) else None
     return row
-
-
-def _parse_cursor(cursor: str | None, names: Sequence[str]) -> dict[str, int]:
-    """``name:offset,...`` (one offset per listed set; a set not named starts at 0)."""
-    offsets = dict.fromkeys(names, 0)
-    for part in (cursor or "").split(","):
-        if not part:
-            continue
-        name, _, offset = part.rpartition(":")
-        if not offset.isdigit() or name not in offsets:
-            raise UsageError(f"invalid cursor {cursor!r}")
-        offsets[name] = int(offset)
-    return offsets
-
-
-def _format_cursor(offsets: dict[str, int]) -> str:
-    return ",".join(f"{name}:{n}" for name, n in offsets.items() if n)

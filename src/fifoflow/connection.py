@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
 from . import server
-from .errors import ConnectionFailed, UsageError
+from .errors import BadServerURL, ConnectionFailed, UsageError
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
+PASSWORD_QUERY = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 
 def resolve_url(url: str | None, settings: Settings | None = None) -> str:
-    """The URL to use: the one given, else ``FIFOFLOW_URL``, else the embedded server's."""
+    """The URL to use: the one given, else ``FIFOFLOW_URL``, else ``REDIS_URL``, else the
+    embedded server's (started on first use)."""
     settings = settings or get_settings()
     url = url or settings.url
     if url:
@@ -27,12 +30,19 @@ def resolve_url(url: str | None, settings: Settings | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """The URL without its password (``redis://:***@host``), for messages and logs: the
+    one in the user part and a ``password=`` query parameter alike."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unparsable: show the scheme at most
+        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+    if password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        url = url.replace(parts.netloc, user.split(":", 1)[0] + ":***@" + host, 1)
+    if parts.query:
+        url = url.replace("?" + parts.query, "?" + PASSWORD_QUERY.sub(r"\1***", parts.query), 1)
+    return url
 
 
 def connect(
@@ -51,9 +61,9 @@ def connect(
     try:
         scheme = urlsplit(url).scheme
     except ValueError as e:  # e.g. "Invalid IPv6 URL"; the URL may hold a password: not shown
-        raise ConnectionFailed(f"invalid server URL: {e}") from None
+        raise BadServerURL(f"invalid server URL: {e}") from None
     if scheme not in SCHEMES:
-        raise ConnectionFailed(
+        raise BadServerURL(
             f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss:// or unix://"
         )
     options: dict[str, Any] = {
@@ -68,7 +78,7 @@ def connect(
     try:
         client: redis.Redis = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as e:
-        raise ConnectionFailed(f"invalid server URL {redact(url)!r}: {e}") from None
+        raise BadServerURL(f"invalid server URL {redact(url)!r}: {e}") from None
     if check:
         ping(client, url)
         info = server_info(client)

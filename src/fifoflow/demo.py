@@ -10,8 +10,10 @@ always fails and ends dead after its retries; one fails once and succeeds on its
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -47,9 +49,10 @@ def sweep() -> list[dict[str, Any]]:
     return sets
 
 
-def run() -> int:
+def run(json_: bool = False) -> int:
     """Run the demo; 0 when everything went as designed (the diverging set dead, the rest
-    succeeded), 1 otherwise."""
+    succeeded), 1 otherwise. With ``json_`` the live view goes to stderr and stdout gets
+    one JSON document: the queue, the outcome counts, the flow run."""
     # Set before Prefect is first imported (it reads its settings then): the demo sends no
     # usage telemetry (nor prints Prefect's first-run notice about it over the live view),
     # and its local Prefect API may take its time to create its database.
@@ -58,7 +61,7 @@ def run() -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from .prefect import PrefectWorker, quiet_prefect_console
 
-    console = Console()
+    console = Console(stderr=json_)
     settings = Settings(retry_base_seconds=0.2, retry_max_seconds=1.0)
     name = time.strftime("demo-%Y%m%d-%H%M%S")
     queue = Queue(name, settings=settings)
@@ -79,7 +82,19 @@ def run() -> int:
 
     records = [queue.record(j.id) or {} for j in jobs]
     queue.close()
-    return _report(console, worker, params, records, elapsed, startup)
+    code = _report(console, worker, params, records, elapsed, startup)
+    if json_:
+        statuses = [r.get("status") for r in records]
+        doc = {
+            "queue": name,
+            "jobs": len(records),
+            **{s: statuses.count(s) for s in ("succeeded", "dead")},
+            "seconds": round(elapsed, 3),
+            "flow_run_id": str(worker.flow_run_id) if worker.flow_run_id else None,
+            "as_designed": code == 0,
+        }
+        sys.stdout.write(json.dumps(doc) + "\n")
+    return code
 
 
 def _run_live(console: Console, queue: Queue, worker: Any, total: int) -> None:

@@ -17,8 +17,19 @@ class UsageError(FifoflowError, ValueError):
     exit_code = 2
 
 
-class ConnectionFailed(UsageError):
-    """The server URL is malformed, unreachable, or refuses our credentials."""
+class ConnectionFailed(FifoflowError):
+    """The server cannot be reached or refuses us (credentials, TLS): the operation failed
+    and may succeed later (CLI exit code 1). A malformed URL is ``BadServerURL``."""
+
+
+class BadServerURL(ConnectionFailed, UsageError):
+    """The server URL itself is malformed (bad input: exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A configuration variable (``FIFOFLOW_*``) has a value fifoflow cannot use."""
 
 
 class ServerError(FifoflowError):

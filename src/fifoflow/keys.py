@@ -108,6 +108,7 @@ class Key(StrEnum):
     GATHERED = "gathered:"  # + id: hash, parent id -> its result, for a gathering job
     ALIASES = "aliases"  # hash, a caller-chosen id -> the job's id
     DONE = "done"  # pub/sub channel: the id of each job reaching a final status
+    DONE_BY = "done_by"  # hash, worker name -> attempts it finished (recorded by complete.lua)
 
 
 class Event(StrEnum):

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .records import Outcome
+from .records import FINAL, Outcome, attempt_line
 
 if TYPE_CHECKING:
     from .slots import Run, Slot
@@ -102,7 +102,9 @@ class Monitor:
         job = run.job
         outcome = Outcome("fail", f"TimeoutError: job exceeded its timeout of {job.timeout:g}s")
         result = w.retry(lambda: w.broker.complete(job, outcome, slot=slot.index), forever=True)
-        log.warning("job %s %s timed out (%s)", job.id, job.target, result.outcome)
+        log.warning("%s", attempt_line(job, outcome, result, job.timeout or 0.0))
+        with w.slots.lock:
+            w.slots.finished += result.outcome in FINAL
         w.done_one()
         alive = w.slots.replace(slot, run)
         w.health.abandoned = alive

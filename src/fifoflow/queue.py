@@ -136,7 +136,7 @@ class Queue:
         pool: str = "default",
         key: str | None = None,
         delay: float | None = None,
-        retries: int = 3,
+        retries: int | None = None,
         timeout: float | None = None,
         max_lost: int | None = None,
         depends_on: Sequence[str | Job] | None = None,
@@ -149,7 +149,9 @@ class Queue:
         first; it waits (status ``waiting``), then takes its own place in line. With
         ``gather`` it receives their results, in their push order, as ``results``.
         ``job_id``: an id of the caller's choosing, usable wherever an id is (refused if
-        taken); fifoflow keeps its own id too, which carries the job's place in line."""
+        taken); fifoflow keeps its own id too, which carries the job's place in line.
+        ``retries`` and ``timeout`` default to ``FIFOFLOW_RETRIES`` (3) and
+        ``FIFOFLOW_TIMEOUT_SECONDS`` (none)."""
         return self.push_many(
             target,
             [params],
@@ -177,7 +179,7 @@ class Queue:
         key: str | None = None,
         keys_: Sequence[str | None] | None = None,
         delay: float | None = None,
-        retries: int = 3,
+        retries: int | None = None,
         timeout: float | None = None,
         max_lost: int | None = None,
         depends_on: Sequence[str | Job] | None = None,
@@ -202,8 +204,14 @@ class Queue:
             target=validate_target(target),
             priority=integer("priority", priority),
             pool=validate_name("pool", pool),
-            retries=integer("retries", retries, minimum=0),
-            timeout=seconds("timeout", timeout, allow_zero=False),
+            retries=integer(
+                "retries", self.settings.retries if retries is None else retries, minimum=0
+            ),
+            timeout=seconds(
+                "timeout",
+                self.settings.timeout_seconds if timeout is None else timeout,
+                allow_zero=False,
+            ),
             delay=seconds("delay", delay, allow_zero=True),
             max_lost=None if max_lost is None else integer("max_lost", max_lost, minimum=0),
             parents=self._parents(depends_on or ()),

@@ -26,6 +26,8 @@ def nonce() -> str:
 CLAIM_FIELDS = 7
 
 OutcomeKind = Literal["ok", "fail", "dead"]
+#: A report's outcomes that end the job (``Completion.outcome``).
+FINAL = ("succeeded", "dead")
 
 
 @dataclass(slots=True, frozen=True)
@@ -118,11 +120,46 @@ class Outcome:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True, frozen=True)
+class Retry:
+    """A failed attempt's retry, as the server scheduled it."""
+
+    number: int  # this is the job's NUMBER-th retry ...
+    of: int  # ... of the OF it may have
+    delay: float  # seconds from now
+
+    @classmethod
+    def parse(cls, text: str) -> Retry | None:
+        if not text:
+            return None
+        number, of, delay = text.split("/")
+        return cls(int(number), int(of), float(delay))
+
+
 @dataclass(slots=True)
 class Completion:
     outcome: str  # succeeded | retry | dead | stale
     next_event: float
     claimed: list[Claimed]
+    retry: Retry | None = None  # when the outcome is 'retry'
+
+
+def attempt_line(job: Claimed, outcome: Outcome, done: Completion, seconds: float) -> str:
+    """The worker's log line for one reported attempt, e.g. ``job X mod:f failed after
+    0.4s; retry 1/3 in 0.8s: ValueError: boom`` (the run time, then the retry's own delay)."""
+    head = f"job {job.id} {job.target}"
+    error = f": {outcome.payload}" if outcome.kind != "ok" else ""
+    if done.outcome == "stale":
+        return f"{head} ended after {seconds:.3f}s, but its lease had passed to another worker"
+    if done.outcome == Status.SUCCEEDED:
+        return f"{head} succeeded in {seconds:.3f}s"
+    if done.retry is not None:
+        r = done.retry
+        return (
+            f"{head} failed after {seconds:.3f}s; retry {r.number}/{r.of} in {r.delay:.1f}s{error}"
+        )
+    why = "no retry" if outcome.kind == "dead" else "no retries left"
+    return f"{head} failed after {seconds:.3f}s; dead ({why}){error}"
 
 
 def parse_claimed(queue: str, token: str, flat: Sequence[str]) -> list[Claimed]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 
 from . import keys
+from .keys import Field, Key
 
 
 class WorkerRegistry:
@@ -28,9 +29,12 @@ class WorkerRegistry:
         pipe.execute()
 
     def unregister_worker(self, name: str) -> None:
+        raw = self.client.hget(keys.worker(name), "queues")
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(keys.worker(name))
         pipe.zrem(keys.WORKERS, name)
+        for q in json.loads(raw) if raw else []:
+            pipe.hdel(keys.queue_key(q, Key.DONE_BY), name)
         pipe.execute()
 
     def watch_lock(self, name: str, ttl: float) -> bool:
@@ -56,8 +60,40 @@ class WorkerRegistry:
                 out.append({k: json.loads(v) for k, v in raw.items()})
             else:
                 gone.append(n)
-        if gone:
-            self.client.zrem(keys.WORKERS, *gone)
+        if gone:  # expired: no longer listed, and their counts go
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(keys.WORKERS, *gone)
+            for q in self.client.smembers(keys.QUEUES):
+                pipe.hdel(keys.queue_key(str(q), Key.DONE_BY), *gone)
+            pipe.execute()
+        return out
+
+    def activity(self, workers: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[str], int]]:
+        """Per worker, from the server's own records, not from its last heartbeat: the ids
+        of the jobs it runs now (running sets, each job's worker field) and the attempts it
+        has finished (``done_by``, counted by the script that records each outcome).
+        Bounded by the running jobs of the workers' queues."""
+        names = [str(w["name"]) for w in workers]
+        out: dict[str, tuple[list[str], int]] = {n: ([], 0) for n in names}
+        if not names:
+            return out
+        queues = sorted({str(q) for w in workers for q in w.get("queues", [])})
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            pipe.zrange(keys.queue_key(q, Key.RUNNING), 0, -1)
+            pipe.hmget(keys.queue_key(q, Key.DONE_BY), names)
+        replies = pipe.execute()
+        running: list[tuple[str, str]] = []
+        for i, q in enumerate(queues):
+            running += [(q, str(job_id)) for job_id in replies[2 * i]]
+            for n, done in zip(names, replies[2 * i + 1], strict=True):
+                out[n] = (out[n][0], out[n][1] + int(done or 0))
+        pipe = self.client.pipeline(transaction=False)
+        for q, job_id in running:
+            pipe.hget(keys.job(q, job_id), Field.WORKER)
+        for (_, job_id), holder in zip(running, pipe.execute(), strict=True):
+            if holder in out:
+                out[holder][0].append(job_id)
         return out
 
     def connected_workers(self) -> set[str] | None:

@@ -44,6 +44,7 @@ NAMES = (
     "cancel",
     "requeue",
     "purge",
+    "bridge",
 )
 CONSTANTS: dict[str, type[StrEnum]] = {"S": Status, "F": Field, "K": Key, "E": Event}
 CONSTANT_RE = re.compile(r"\b([SFKE])\.([a-z_]+)\b")

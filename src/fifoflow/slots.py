@@ -27,7 +27,7 @@ import redis
 
 from .allowlist import Resolver
 from .execution import Call, direct_call, execute
-from .records import Claimed, ClaimRequest, Completion, Outcome, nonce
+from .records import FINAL, Claimed, ClaimRequest, Completion, Outcome, attempt_line, nonce
 from .resilience import supervised
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class Slots:
         self.handoff: stdlib_queue.SimpleQueue[Claimed | None] = stdlib_queue.SimpleQueue()
         self.slots = [Slot(i, make_runner()) for i in range(worker.concurrency)]
         self._abandoned: list[tuple[threading.Thread, str]] = []
+        self.finished = 0  # jobs whose last attempt ran here (succeeded or dead), for the log
 
     # -- the dispatcher's side -----------------------------------------------------------
 
@@ -215,13 +216,11 @@ class Slots:
         w.done_one()
         log.log(
             logging.INFO if outcome.kind == "ok" else logging.WARNING,
-            "job %s %s %s in %.3fs%s",
-            job.id,
-            job.target,
-            result.outcome,
-            duration,
-            "" if outcome.kind == "ok" else f": {outcome.payload}",
+            "%s",
+            attempt_line(job, outcome, result, duration),
         )
+        with self.lock:
+            self.finished += result.outcome in FINAL
         if result.claimed and w.stopping.is_set():
             w.give_back(result.claimed)  # a stop arrived while the call was in flight
             return None

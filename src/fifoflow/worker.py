@@ -263,7 +263,12 @@ class Worker:
         self.stopped.set()
         self.monitor.wake()
         self.retry.once(lambda: self.broker.unregister_worker(self.name))
-        log.info("worker %s: stopped after %d job(s)", self.name, self.processed)
+        log.info(
+            "worker %s: stopped after %d job(s) (%d attempt(s))",
+            self.name,
+            self.slots.finished,
+            self.processed,
+        )
         self.dispatcher.close()
         if self.metrics is not None:
             self.metrics.stop()

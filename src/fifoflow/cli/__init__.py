@@ -9,31 +9,55 @@ and maps failures to exit codes.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import redis
 import typer
 
+from .. import __version__
 from ..errors import FifoflowError, UsageError
-from . import jobs, monitor, push, serve
+from . import jobs, monitor, outcomes, push, serve
+from .bridge import bridge as bridge_command
 from .common import err
-
-try:  # typer 0.2x vendors its own click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer on top of click
-    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="fifoflow",
     help="A FIFO, greedy, lossless job queue on Redis/Valkey for Prefect flows and functions.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"fifoflow {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_show_version,
+            help='Print the version and exit (with --json: {"version": ...}).',
+        ),
+    ] = False,
+) -> None:
+    """A FIFO, greedy, lossless job queue on Redis/Valkey for Prefect flows and functions."""
+    if ctx.invoked_subcommand is None:  # no command: the help, as bad usage
+        err.print(ctx.get_help(), markup=False, highlight=False)
+        raise typer.Exit(2)
+
+
 for command in (
     push.push,
     serve.worker,
@@ -42,40 +66,36 @@ for command in (
     jobs.job,
     jobs.cancel,
     jobs.workers,
-    jobs.wait,
+    outcomes.wait,
     serve.demo,
     serve.dashboard,
     monitor.monitor,
+    bridge_command,
 ):
     app.command()(command)
 app.command("push-dag")(push.push_dag_command)
-app.add_typer(jobs.dlq_app, name="dlq")
+app.add_typer(outcomes.dlq_app, name="dlq")
 app.add_typer(serve.server_app, name="server")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the app, turning every known failure into one line and the contract's exit code."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if args[:1] == ["--version"] and set(args[1:]) <= {"--json"} and args[1:]:
+        sys.stdout.write(json.dumps({"version": __version__}) + "\n")
+        sys.exit(0)
     command = typer.main.get_command(app)
     try:
         # Without standalone mode, click returns an Exit's code instead of raising it.
-        rv = command.main(
-            args=list(argv) if argv is not None else None,
-            prog_name="fifoflow",
-            standalone_mode=False,
-        )
+        rv = command.main(args=args, prog_name="fifoflow", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         code = e.exit_code
-    except click_errors.NoArgsIsHelpError as e:
-        err.print(e.format_message(), markup=False)
-        code = 2
-    except click_errors.UsageError as e:
+    except typer.TyperException as e:  # the command line itself: typer's parse errors
         msg = e.format_message().replace("\n", " ")
-        ctx = e.ctx.command_path if e.ctx else "fifoflow"
-        err.print(f"error: {msg} (see {ctx} --help)", markup=False, soft_wrap=True)
-        code = 2
-    except click_errors.ClickException as e:
-        err.print(f"error: {e.format_message()}", markup=False, soft_wrap=True)
+        ctx = getattr(e, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        err.print(f"error: {msg}{where}", markup=False, soft_wrap=True)
         code = 2
     except typer.Abort:
         err.print("aborted", markup=False)

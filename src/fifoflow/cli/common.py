@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -12,15 +15,64 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..broker import Broker
+from ..errors import UsageError
 from ..queue import Queue
 from ..settings import get_settings
 from ..validation import validate_name
 
-out = Console(highlight=False)
+#: Tables on a terminal fit it; piped or logged, they get room (COLUMNS still rules).
+out = Console(
+    highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+)
 err = Console(stderr=True, highlight=False)
 
 QueueOpt = Annotated[str | None, typer.Option("--queue", "-q", help="Queue name [FIFOFLOW_QUEUE].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+def group(help: str) -> typer.Typer:
+    """A command group (``dlq``, ``server``): without a subcommand, its help as bad usage."""
+    sub = typer.Typer(help=help)
+
+    @sub.callback(invoke_without_command=True)
+    def _show_help(ctx: typer.Context) -> None:
+        if ctx.invoked_subcommand is None:
+            err.print(ctx.get_help(), markup=False, highlight=False)
+            raise typer.Exit(2)
+
+    _show_help.__doc__ = help
+    return sub
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC, ISO 8601), level, logger, message [, exception]."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """The worker's log on stderr: ``text`` for people, ``json`` for log shippers."""
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise UsageError(f"unknown log level {level!r}")
+    if fmt not in ("text", "json"):
+        raise UsageError(f"unknown log format {fmt!r}: text or json")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLogFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=number, handlers=[handler], force=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from ..errors import JobNotFound, UsageError
@@ -22,13 +23,9 @@ from .common import (
     open_broker,
     open_queue,
     out,
-    progress,
     queue_names,
     short,
 )
-
-dlq_app = typer.Typer(help="The dead-letter queue: list, requeue, purge.", no_args_is_help=True)
-
 
 # -- inspecting --------------------------------------------------------------------------
 
@@ -49,43 +46,113 @@ def status(queue: QueueOpt = None, json_: JsonOpt = False) -> None:
     out.print(table)
 
 
-def _jobs_table(jobs: Sequence[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    for name in ("id", "status"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("target", overflow="fold")
-    table.add_column("params", overflow="fold")
-    for name in ("pool", "prio", "att", "created"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("error", overflow="fold")
-    for j in jobs:
-        table.add_row(
-            j["id"],
-            j["status"],
-            j["target"],
-            short(j["params"], 30),
-            j["pool"],
-            str(j["priority"]),
-            str(j["attempts"]),
-            time.strftime("%H:%M:%S", time.localtime(j["created_at"])) if j["created_at"] else "-",
-            short(j["error"] or "", 40),
+def _duration(j: dict[str, Any], now: float) -> float | None:
+    """Seconds of the last attempt: until it finished, or until now while it runs."""
+    if not j.get("started_at"):
+        return None
+    if j["status"] == "running":
+        return max(0.0, now - float(j["started_at"]))
+    if j.get("finished_at") and j["finished_at"] >= j["started_at"]:
+        return float(j["finished_at"] - j["started_at"])
+    return None
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.2f}s" if s < 60 else f"{s / 60:.1f}m" if s < 3600 else f"{s / 3600:.1f}h"
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]], title: str) -> Table:
+    """Id, status, target, attempts, created, duration, worker, error; pool, priority and
+    flow run only when some job has one other than the default."""
+    now = time.time()
+    columns: list[tuple[str, Any]] = [
+        ("id", lambda j: j["id"]),
+        ("status", lambda j: j["status"]),
+        ("target", lambda j: j["target"]),
+    ]
+    if any(j["pool"] != "default" for j in jobs):
+        columns.append(("pool", lambda j: j["pool"]))
+    if any(j["priority"] for j in jobs):
+        columns.append(("prio", lambda j: str(j["priority"])))
+    columns += [
+        ("att", lambda j: str(j["attempts"])),
+        ("created", lambda j: fmt_clock(j["created_at"])),
+        ("took", lambda j: _fmt_seconds(_duration(j, now))),
+        ("worker", lambda j: j.get("worker") or "-"),
+    ]
+    if any(j.get("flow_run_id") for j in jobs):
+        columns.append(("flow run", lambda j: (j.get("flow_run_id") or "-")[:8]))
+    columns.append(("error", lambda j: short(j["error"] or "", 60)))
+    if out.width < 110:  # a narrow terminal: the least telling columns go first
+        dropped = {"created", "prio", "pool", "worker"} if out.width < 100 else {"created"}
+        columns = [c for c in columns if c[0] not in dropped]
+    table = Table(
+        title=title,
+        caption="params and every field: fifoflow job ID (or --json)",
+        box=box.SIMPLE_HEAD,
+    )
+    folded = {"target": 16, "worker": 10, "error": 12}  # the rest keep their width
+    for name, _ in columns:
+        table.add_column(
+            name, overflow="fold", no_wrap=name not in folded, min_width=folded.get(name)
         )
+    for j in jobs:
+        table.add_row(*(cell(j) for _, cell in columns))
     return table
+
+
+def fmt_clock(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
 def jobs(
     queue: QueueOpt = None,
     status: Annotated[str | None, typer.Option("--status", "-s", help="|".join(STATUSES))] = None,
-    limit: Annotated[int | None, typer.Option(min=0, help="At most N jobs.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most N jobs.")] = 50,
+    newest: Annotated[bool, typer.Option("--newest", help="Newest first.")] = False,
+    run_order: Annotated[
+        bool,
+        typer.Option(
+            "--run-order", help="The queued jobs in the order they will run (priority, then FIFO)."
+        ),
+    ] = False,
+    pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
+    target: Annotated[str | None, typer.Option(help="Only targets containing this text.")] = None,
+    cursor: Annotated[str | None, typer.Option(help="Start where a previous page ended.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """List jobs, oldest first."""
+    """List jobs a page at a time: oldest first (by push time, or by finish/due time within a
+    status); the next page's --cursor is shown on stderr."""
+    if run_order:
+        if status not in (None, "queued"):
+            raise UsageError("--run-order lists queued jobs: leave out --status or use queued")
+        if newest:
+            raise UsageError("give --run-order or --newest, not both")
+        status = "queued"
     q = open_queue(queue)
-    found = q.jobs(status, limit)
+    found, next_cursor = q.broker.page(
+        q.name,
+        status,
+        pool=pool,
+        target=target,
+        limit=limit,
+        cursor=cursor,
+        newest_first=newest,
+        rounds=20,
+        run_order=run_order,
+    )
+    now = time.time()
+    for j in found:
+        j["duration"] = _duration(j, now)
     if json_:
         emit_json(found)
     else:
-        out.print(_jobs_table(found, f"queue {q.name}: {len(found)} job(s)"))
+        order = "run order" if run_order else "newest first" if newest else "oldest first"
+        out.print(jobs_table(found, f"queue {q.name}: {len(found)} job(s), {order}"))
+    if next_cursor:
+        err.print(f"more: add --cursor {next_cursor}", markup=False, soft_wrap=True)
 
 
 def _find_job(job_id: str, queue: str | None) -> tuple[Queue, dict[str, Any]]:
@@ -105,7 +172,7 @@ def job(
 ) -> None:
     """One job, every field (and the traceback of its last failure)."""
     q, record = _find_job(job_id, queue)
-    record["traceback"] = q.traceback(job_id)
+    record["traceback"] = q.traceback(record["id"])
     if json_:
         emit_json(record)
         return
@@ -121,13 +188,20 @@ def job(
         out.print(record["traceback"], markup=False)
 
 
-def cancel(job_id: Annotated[str, typer.Argument(metavar="ID")], queue: QueueOpt = None) -> None:
-    """A queued or delayed job becomes cancelled."""
+def cancel(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    queue: QueueOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """A queued, waiting or delayed job becomes cancelled (exit 1 if it already started)."""
     q, record = _find_job(job_id, queue)
-    if not q.cancel(job_id):
-        now = q.record(job_id) or record
+    if not q.cancel(record["id"]):
+        now = q.record(record["id"]) or record
         fail(f"job {job_id} is {now['status']}: only queued or delayed jobs can be cancelled", 1)
-    out.print(f"cancelled {job_id}")
+    if json_:
+        emit_json({"id": record["id"], "queue": q.name, "status": "cancelled"})
+    else:
+        out.print(f"cancelled {job_id}")
 
 
 def _health(w: dict[str, Any]) -> str:
@@ -143,8 +217,13 @@ def _health(w: dict[str, Any]) -> str:
 
 
 def workers(json_: JsonOpt = False) -> None:
-    """Live workers, what they run, and their health."""
-    live = open_broker().live_workers()
+    """Live workers, what they run now and have done (the server's records), their health."""
+    broker = open_broker()
+    live = broker.live_workers()
+    activity = broker.activity(live)
+    for w in live:  # the server's truth, not the copy of the last heartbeat
+        w["running"], w["done"] = activity[str(w["name"])]
+        w["processed"] = w["done"]
     if json_:
         emit_json(live)
         return
@@ -170,87 +249,11 @@ def workers(json_: JsonOpt = False) -> None:
             ",".join(w["pools"]),
             str(w["concurrency"]),
             str(len(w["running"])),
-            str(w.get("processed", 0)),
+            str(w["done"]),
             fmt_age(w["heartbeat"]),
             _health(w),
         )
     out.print(table)
 
 
-def wait(
-    queue: QueueOpt = None,
-    timeout: Annotated[float | None, typer.Option(help="Give up after S seconds (exit 1).")] = None,
-    interval: Annotated[float, typer.Option(hidden=True)] = 0.2,
-) -> None:
-    """Block until nothing is queued, delayed or running."""
-    if timeout is not None and not timeout >= 0:  # NaN too
-        raise UsageError("--timeout must be >= 0")
-    broker = open_broker()
-    names = queue_names(broker, queue)
-
-    def pending() -> int:
-        return sum(
-            c["queued"] + c["delayed"] + c["running"] for c in (broker.counts(n) for n in names)
-        )
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    left = pending()
-    total = left
-    with progress("waiting") as bar:
-        task = bar.add_task("wait", total=total)
-        while left > 0:
-            if deadline is not None and time.monotonic() >= deadline:
-                fail(f"timed out after {timeout:g}s with {left} job(s) still pending", 1)
-            time.sleep(interval)
-            left = pending()
-            total = max(total, left)
-            bar.update(task, total=total, completed=total - left)
-
-
-# -- dead letters --------------------------------------------------------------------------
-
-
-@dlq_app.command("list")
-def dlq_list(
-    queue: QueueOpt = None,
-    limit: Annotated[int | None, typer.Option(min=0)] = None,
-    json_: JsonOpt = False,
-) -> None:
-    """Dead jobs, oldest first."""
-    q = open_queue(queue)
-    dead = q.dead_letters(limit)
-    if json_:
-        emit_json(dead)
-    else:
-        out.print(_jobs_table(dead, f"dead letters of {q.name}: {len(dead)}"))
-
-
-@dlq_app.command("requeue")
-def dlq_requeue(
-    ids: Annotated[list[str] | None, typer.Argument(metavar="ID...")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead job.")] = False,
-    queue: QueueOpt = None,
-) -> None:
-    """Put dead jobs back at their places in line, with fresh retries."""
-    if bool(ids) == all_:
-        raise UsageError("give job ids or --all")
-    q = open_queue(queue)
-    if ids:
-        for i in ids:
-            record = q.record(i)
-            if record is None:
-                raise JobNotFound(i)
-            if record["status"] != "dead":
-                raise UsageError(f"job {i} is {record['status']}, not dead")
-    done = q.requeue(ids if ids else None)
-    out.print(f"requeued {len(done)} job(s)")
-
-
-@dlq_app.command("purge")
-def dlq_purge(queue: QueueOpt = None) -> None:
-    """Delete every dead job of the queue."""
-    q = open_queue(queue)
-    out.print(f"purged {q.purge_dead()} dead job(s) from {q.name}")
-
-
-__all__ = ["cancel", "dlq_app", "err", "job", "jobs", "status", "wait", "workers"]
+__all__ = ["cancel", "job", "jobs", "status", "workers"]

@@ -61,8 +61,13 @@ def push(
     pool: Annotated[str, typer.Option(help="Pool of workers that may run it.")] = "default",
     key: Annotated[str | None, typer.Option(help="De-duplication key.")] = None,
     delay: Annotated[float | None, typer.Option(help="Seconds before it may start.")] = None,
-    retries: Annotated[int, typer.Option(help="Retries after the first attempt.")] = 3,
-    timeout: Annotated[float | None, typer.Option(help="Seconds an attempt may take.")] = None,
+    retries: Annotated[
+        int | None, typer.Option(help="Retries after the first attempt [FIFOFLOW_RETRIES: 3].")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds an attempt may take [FIFOFLOW_TIMEOUT_SECONDS: none]."),
+    ] = None,
     max_lost: Annotated[
         int | None, typer.Option(help="Lost workers tolerated before it is dead [2].")
     ] = None,

@@ -14,9 +14,9 @@ from rich.table import Table
 from .. import server
 from ..errors import UsageError
 from ..settings import get_settings
-from .common import JsonOpt, emit_json, err, fail, out
+from .common import JsonOpt, emit_json, err, fail, group, out, setup_logging
 
-server_app = typer.Typer(help="The embedded Valkey server in FIFOFLOW_HOME.", no_args_is_help=True)
+server_app = group("The embedded Valkey server in FIFOFLOW_HOME.")
 
 
 def worker(
@@ -25,7 +25,9 @@ def worker(
         list[str] | None, typer.Option("--queue", "-q", help="Queue(s), first listed first.")
     ] = None,
     pool: Annotated[list[str] | None, typer.Option("--pool", help="Pool(s) to serve.")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Slots.")] = 1,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", help="Slots [FIFOFLOW_CONCURRENCY: 1].")
+    ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queues are drained.")] = False,
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect parent flow.")] = False,
     processes: Annotated[
@@ -50,14 +52,15 @@ def worker(
         int | None, typer.Option(min=1, help="Exit 0 after running this many jobs.")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text, or json: one object a line for shippers.")
+    ] = "text",
+    json_: Annotated[
+        bool, typer.Option("--json", help="At exit, one JSON document: name, jobs, attempts.")
+    ] = False,
 ) -> None:
     """Run jobs from the queues, greedily, up to --concurrency at once."""
-    level = logging.getLevelName(log_level.upper())
-    if not isinstance(level, int):
-        raise UsageError(f"unknown log level {log_level!r}")
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(log_level, log_format)
     if not grace >= 0:  # NaN too
         raise UsageError("--grace must be >= 0")
     if prefect and processes:
@@ -67,7 +70,7 @@ def worker(
     kwargs: dict[str, Any] = dict(
         queues=queue or None,
         modules=modules,
-        concurrency=concurrency,
+        concurrency=get_settings().concurrency if concurrency is None else concurrency,
         pools=pool or None,
         name=name,
         grace=grace,
@@ -86,11 +89,12 @@ def worker(
             raise UsageError(
                 f"--prefect needs Prefect: pip install 'fifoflow[prefect]' ({e})"
             ) from None
-        code = PrefectWorker(**kwargs).run(burst=burst)
+        w: Any = PrefectWorker(**kwargs)
     else:
         from ..worker import Worker
 
-        code = Worker(**kwargs).run(burst=burst)
+        w = Worker(**kwargs)
+    code = w.run(burst=burst)
     from ..worker import EXIT_RESTART
 
     if code == EXIT_RESTART:
@@ -100,6 +104,10 @@ def worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, "-m", "fifoflow", *sys.argv[1:]])
+    if json_:
+        emit_json(
+            {"name": w.name, "exit_code": code, "jobs": w.slots.finished, "attempts": w.processed}
+        )
     raise typer.Exit(code)
 
 
@@ -109,17 +117,26 @@ def worker(
 def _server_home() -> Path:
     settings = get_settings()
     if settings.url:
-        err.print(f"note: FIFOFLOW_URL is set; the embedded server in {settings.home} is not used")
+        err.print(
+            f"note: FIFOFLOW_URL (or REDIS_URL) is set; the embedded server in {settings.home} "
+            "is not used",
+            markup=False,
+            soft_wrap=True,
+        )
     return settings.home
 
 
 @server_app.command("start")
-def server_start() -> None:
+def server_start(json_: JsonOpt = False) -> None:
     """Start the embedded server (a no-op if it runs)."""
     settings = get_settings()
     home = _server_home()
     url = server.ensure_running(home, settings.appendfsync)
-    out.print(f"embedded server running at {url} (pid {server.read_pid(server.Paths(home))})")
+    pid = server.read_pid(server.Paths(home))
+    if json_:
+        emit_json({"running": True, "url": url, "pid": pid, "home": str(home)})
+    else:
+        out.print(f"embedded server running at {url} (pid {pid})", markup=False)
 
 
 @server_app.command("status")
@@ -140,22 +157,29 @@ def server_status(json_: JsonOpt = False) -> None:
 
 
 @server_app.command("stop")
-def server_stop() -> None:
+def server_stop(json_: JsonOpt = False) -> None:
     """Stop the embedded server, flushing its append-only file."""
     pid = server.stop(_server_home())
-    out.print("the embedded server was not running" if pid is None else f"stopped (pid {pid})")
+    if json_:
+        emit_json({"stopped": pid is not None, "pid": pid})
+    else:
+        out.print("the embedded server was not running" if pid is None else f"stopped (pid {pid})")
 
 
 # -- demo and dashboard -------------------------------------------------------------------------
 
 
-def demo() -> None:
+def demo(
+    json_: Annotated[
+        bool, typer.Option("--json", help="The live view on stderr; a JSON summary on stdout.")
+    ] = False,
+) -> None:
     """Push a parameter sweep and work it off with a Prefect dispatcher, live."""
     try:
         from ..demo import run
     except ImportError as e:
         raise UsageError(f"the demo needs Prefect: pip install 'fifoflow[prefect]' ({e})") from None
-    raise typer.Exit(run())
+    raise typer.Exit(run(json_))
 
 
 def dashboard(
@@ -169,9 +193,19 @@ def dashboard(
             "or one printed at start).",
         ),
     ] = False,
+    allow_push: Annotated[
+        bool,
+        typer.Option(
+            "--allow-push",
+            help="Accept jobs by POST /api/jobs (JSON), with the same token.",
+        ),
+    ] = False,
     prefect_ui: Annotated[
         str | None, typer.Option(help="Prefect UI base URL for flow-run links [PREFECT_UI_URL].")
     ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="At start, one JSON document: url, token, what is on.")
+    ] = False,
 ) -> None:
     """The web dashboard (loopback only unless told otherwise; read-only by default)."""
     from ..broker import Broker
@@ -180,19 +214,35 @@ def dashboard(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     env_token = os.environ.get("FIFOFLOW_DASHBOARD_TOKEN") or None
-    token = (env_token or new_token()) if allow_actions else None
+    token = (env_token or new_token()) if allow_actions or allow_push else None
     ui = prefect_ui or os.environ.get("PREFECT_UI_URL") or "http://127.0.0.1:4200"
-    config = Config(allow_actions=allow_actions, token=token, prefect_ui=ui.rstrip("/"))
+    config = Config(
+        allow_actions=allow_actions, allow_push=allow_push, token=token, prefect_ui=ui.rstrip("/")
+    )
     app = create_app(Broker.connect(), config)
     try:
         srv = DashboardServer(app, host, port)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    if json_:
+        emit_json(
+            {
+                "url": srv.url,
+                "actions": allow_actions,
+                "push": allow_push,
+                "token": token,
+                "token_from_env": bool(env_token),
+            }
+        )
+        sys.stdout.flush()
     err.print(f"fifoflow dashboard on {srv.url}/ (Ctrl-C stops it)", markup=False, soft_wrap=True)
-    if token and not env_token:
-        err.print(f"actions token: {token}", markup=False, soft_wrap=True)
+    allowed = " and ".join(
+        w for w, on in (("actions", allow_actions), ("POST /api/jobs", allow_push)) if on
+    )
+    if token and not env_token and not json_:
+        err.print(f"token for {allowed}: {token}", markup=False, soft_wrap=True)
     elif token:
-        err.print("actions token: from FIFOFLOW_DASHBOARD_TOKEN", markup=False)
+        err.print(f"token for {allowed}: from FIFOFLOW_DASHBOARD_TOKEN", markup=False)
     else:
         err.print("read-only (start with --allow-actions for requeue, purge, cancel)")
     srv.run()

@@ -3,7 +3,8 @@ re-render the live parts, the actions (off unless allowed) and Prometheus ``/met
 
 Pages: ``/`` overview, ``/timeline`` per-slot Gantt chart, ``/jobs`` listing, ``/jobs/Q/ID``
 one job, ``/dead`` dead letters. JSON: ``/api/overview`` (also ``/api/status``),
-``/api/timeline``, ``/api/jobs``, ``/api/jobs/Q/ID``, ``/api/dead``. Events:
+``/api/timeline``, ``/api/jobs``, ``/api/jobs/Q/ID``, ``/api/dead``; ``POST /api/jobs``
+pushes jobs (``push.py``; off unless allowed). Events:
 ``/events/overview``, ``/events/timeline``. Actions (POST): ``/actions/requeue``,
 ``/actions/purge``, ``/actions/cancel``.
 """
@@ -39,6 +40,7 @@ from ..broker import Broker
 from ..errors import FifoflowError, UsageError
 from ..queue import STATUSES, Queue
 from . import filters, views
+from .push import make_endpoint
 from .rates import Sampler
 from .security import (
     CSRF_COOKIE,
@@ -59,6 +61,7 @@ class Config:
     """How one dashboard runs. ``token`` is required for actions (and only with them)."""
 
     allow_actions: bool = False
+    allow_push: bool = False  # POST /api/jobs (dashboard/push.py)
     token: str | None = None
     prefect_ui: str = "http://127.0.0.1:4200"
     sample_every: float = 2.0  # seconds between counter samples (0: only on page reads)
@@ -66,6 +69,7 @@ class Config:
     live_every: float = 1.0  # seconds between server-sent updates
     page_size: int = 50
     timeline_count: int = 2000  # attempts the timeline reads at most
+    push_limit: int = 16 * 1024 * 1024  # bytes of a POST /api/jobs body at most
 
 
 def create_app(broker: Broker, config: Config | None = None) -> Starlette:
@@ -286,6 +290,8 @@ def create_app(broker: Broker, config: Config | None = None) -> Starlette:
         finally:
             sampler.stop()
 
+    push_jobs = make_endpoint(broker, cfg.allow_push, cfg.token, cfg.push_limit)
+
     routes = [
         Route("/", overview_page),
         Route("/timeline", timeline_page),
@@ -296,6 +302,7 @@ def create_app(broker: Broker, config: Config | None = None) -> Starlette:
         Route("/api/status", api_overview),
         Route("/api/timeline", api_timeline),
         Route("/api/jobs", api_jobs),
+        Route("/api/jobs", push_jobs, methods=["POST"]),
         Route("/api/jobs/{queue}/{id}", api_job),
         Route("/api/dead", api_dead),
         Route("/events/overview", events_overview),

@@ -45,7 +45,7 @@ def csrf_of(request: Request) -> tuple[str, bool]:
     return secrets.token_urlsafe(32), True
 
 
-def _same(a: str, b: str) -> bool:
+def same(a: str, b: str) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
 
 
@@ -66,16 +66,16 @@ class Guard:
         form = await read_form(request)
         header = request.headers.get(TOKEN_HEADER, "")
         if header:
-            if not _same(header, self.token):
+            if not same(header, self.token):
                 raise Refused(403, "wrong token")
             self._check_origin(request, required=False)
             return form
         self._check_origin(request, required=True)
-        if not _same(form.get("csrf", ""), request.cookies.get(CSRF_COOKIE, "")):
+        if not same(form.get("csrf", ""), request.cookies.get(CSRF_COOKIE, "")):
             raise Refused(403, "CSRF check failed: reload the page and try again")
         if not form.get("token"):
             raise Refused(403, "the dashboard's token is required for actions")
-        if not _same(form["token"], self.token):
+        if not same(form["token"], self.token):
             raise Refused(403, "wrong token")
         return form
 

@@ -50,6 +50,7 @@ def overview(broker: Broker, sampler: Sampler, now: float | None = None) -> dict
     snap = metrics.snapshot(broker)
     now = snap["time"] if now is None else now
     workers = snap["workers"]
+    activity = broker.activity(workers)  # running and done from the server, not heartbeats
     queues = []
     for name, q in sorted(snap["queues"].items()):
         sampler.add(name, q["metrics"], now)
@@ -93,12 +94,15 @@ def overview(broker: Broker, sampler: Sampler, now: float | None = None) -> dict
     return {
         "time": now,
         "queues": queues,
-        "workers": [_worker(w, now) for w in workers],
+        "workers": [_worker(w, now, activity) for w in workers],
         "chart_minutes": sampler.window / 60,
     }
 
 
-def _worker(w: dict[str, Any], now: float) -> dict[str, Any]:
+def _worker(
+    w: dict[str, Any], now: float, activity: dict[str, tuple[list[str], int]]
+) -> dict[str, Any]:
+    running, done = activity.get(str(w["name"]), (w.get("running", []), w.get("processed", 0)))
     return {
         "name": w["name"],
         "host": w.get("host", ""),
@@ -106,8 +110,8 @@ def _worker(w: dict[str, Any], now: float) -> dict[str, Any]:
         "queues": w.get("queues", []),
         "pools": w.get("pools", []),
         "concurrency": w.get("concurrency", 0),
-        "busy": len(w.get("running", [])),
-        "processed": w.get("processed", 0),
+        "busy": len(running),
+        "processed": done,
         "heartbeat_age": now - float(w.get("heartbeat") or now),
         "healthy": metrics.is_healthy(w, now),
     }

@@ -11,8 +11,10 @@
 -- ARGV[7]  retry base seconds     ARGV[8] retry cap seconds    ARGV[9] jitter in [0.5, 1]
 -- ARGV[10] the worker's slot that ran it ('' if none): for the timeline
 -- ARGV[11..] the claim request for the slot's next job (N = 0: none), as in claim.lua
--- Returns  {outcome, next_event_seconds, claimed jobs (7 fields each)...}
+-- Returns  {outcome, next_event_seconds, retry, claimed jobs (7 fields each)...}
 --          outcome: 'succeeded' | 'retry' | 'dead' | 'stale'
+--          retry: 'FAILURES/RETRIES/DELAY_SECONDS' for a retry, else ''
+-- Each attempt recorded counts for its worker in K.done_by (what `fifoflow workers` shows).
 local P = KEYS[1]
 local job_id, token, outcome, payload, tb, extra = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   ARGV[5], ARGV[6]
@@ -26,6 +28,7 @@ local cur = read(jk, F.token, F.status, F.retries, F.key, F.failures, F.pool, F.
   F.started_at, F.target, F.worker, F.result_ttl, F.children)
 local result = 'stale'
 local wake_after = nil  -- a retry due before anything else: wake a worker at the end
+local retry_info = ''
 if cur.token == token and cur.status == S.running and token ~= '' then
   redis.call('ZREM', P .. K.running, job_id)
   local ran = math.max(now - (tonumber(cur.started_at) or now), 0)
@@ -59,6 +62,7 @@ if cur.token == token and cur.status == S.running and token ~= '' then
       local delay = math.min(retry_base * (2 ^ (failures - 1)), retry_cap) * jitter
       redis.call('HSET', jk, F.token, '', unpack(fields))
       wake_after = schedule(P, K.retry, job_id, now + delay, cur.pool)
+      retry_info = failures .. '/' .. (cur.retries or '0') .. '/' .. string.format('%.3f', delay)
       count(P, E.retried, cur.pool)
     else
       finish(P, job_id, S.dead, now, req.policy.ttl, cur, fields)
@@ -66,6 +70,7 @@ if cur.token == token and cur.status == S.running and token ~= '' then
     end
   end
   timeline(P, job_id, cur, slot, now, result)
+  if cur.worker and cur.worker ~= '' then redis.call('HINCRBY', P .. K.done_by, cur.worker, 1) end
 elseif cur.done and token ~= '' and string.sub(cur.done, 1, #token + 1) == token .. '|' then
   result = string.sub(cur.done, #token + 2)  -- a re-sent report: the first one's outcome
 end
@@ -79,6 +84,7 @@ end
 local soonest = -1
 if req.n == 0 or #out < req.n * 7 then soonest = next_event(P, now) end
 if wake_after then wake(P, wake_after) end
+table.insert(out, 1, retry_info)
 table.insert(out, 1, tostring(soonest))
 table.insert(out, 1, result)
 return out
