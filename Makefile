@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-under-load test-redis-min lint demo bench chaos screenshots clean
+.PHONY: install test test-under-load test-redis-min lint docs dist demo bench chaos screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
+
+# docs/cli.md, the command reference, from the commands themselves (a test checks it is current).
+docs: $(STAMP)
+	$(BIN)/python -m fifoflow.cli.reference docs/cli.md
+
+# The wheel and the sdist in dist/.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+	$(BIN)/python -c 'from setuptools import build_meta as b; b.build_sdist("dist")' >/dev/null
 
 demo: $(STAMP)
 	$(BIN)/fifoflow demo

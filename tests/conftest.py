@@ -177,8 +177,10 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     home = tmp_path / "ffhome"
     monkeypatch.setenv("FIFOFLOW_HOME", str(home))
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.delenv("FIFOFLOW_URL", raising=False)
-    monkeypatch.delenv("FIFOFLOW_QUEUE", raising=False)
+    for name in ("FIFOFLOW_URL", "REDIS_URL", "FIFOFLOW_QUEUE", "FIFOFLOW_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("FIFOFLOW_TIMEOUT_SECONDS", "FIFOFLOW_RETRIES", "FIFOFLOW_DASHBOARD_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
     )

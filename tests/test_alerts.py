@@ -136,16 +136,16 @@ def test_monitor_once_prints_one_line_per_alert_and_exits_1(vqueue: Queue, cli: 
         (["--once", "--max-dead", "-1"], {}, 2, "error: Invalid value for '--max-dead'"),
         (["--once", "--queue", "no{braces}"], {}, 2, "error: "),
         (["--once"], {"FIFOFLOW_ALERT_MAX_AGE": "soon"}, 2, "error: FIFOFLOW_ALERT_MAX_AGE: "),
-        # The project's rule: a server that cannot be reached is a configuration error.
+        # The contract: a server that cannot be reached is an operation that failed (exit 1).
         (
             ["--once"],
             {"FIFOFLOW_URL": "redis://127.0.0.1:{port}"},
-            2,
+            1,
             "error: cannot reach the server at redis://127.0.0.1:",
         ),
     ],
 )
-def test_monitor_bad_usage_and_an_unreachable_server_exit_2_in_one_line(
+def test_monitor_bad_usage_exits_2_and_an_unreachable_server_1_in_one_line(
     vqueue: Queue, cli: Cli, args: list[str], env: dict[str, str], code: int, message: str
 ) -> None:
     env = {k: v.format(port=free_port()) for k, v in env.items()}

@@ -161,10 +161,12 @@ CLI_CASES = [
     pytest.param(["cancel", "nope"], 2, "no job with id 'nope'", id="cancel-unknown"),
     pytest.param(["dlq", "requeue", "nope"], 2, "no job with id 'nope'", id="dlq-requeue-unknown"),
     pytest.param(["dlq", "requeue", "*"], 2, "no job with id '*'", id="dlq-requeue-star"),
-    # unreachable and malformed server URLs
-    pytest.param(["status"], 2, "cannot reach the server at redis://127.0.0.1:1", None, None, {"FIFOFLOW_URL": "redis://127.0.0.1:1"}, id="url-unreachable"),
-    pytest.param(["push", T], 2, "cannot reach the server", None, None, {"FIFOFLOW_URL": "redis://127.0.0.1:1"}, id="url-unreachable-push"),
-    pytest.param(["status"], 2, "cannot reach the server", None, None, {"FIFOFLOW_URL": "unix:///nonexistent/fifoflow.sock"}, id="url-missing-socket"),
+    # unreachable server URLs: the operation failed (exit 1, try again later); malformed: 2
+    pytest.param(["status"], 1, "cannot reach the server at redis://127.0.0.1:1", None, None, {"FIFOFLOW_URL": "redis://127.0.0.1:1"}, id="url-unreachable"),
+    pytest.param(["push", T], 1, "cannot reach the server", None, None, {"FIFOFLOW_URL": "redis://127.0.0.1:1"}, id="url-unreachable-push"),
+    pytest.param(["status"], 1, "cannot reach the server", None, None, {"FIFOFLOW_URL": "unix:///nonexistent/fifoflow.sock"}, id="url-missing-socket"),
+    pytest.param(["status"], 1, "cannot reach the server at redis://:***@127.0.0.1:1", None, None, {"FIFOFLOW_URL": "redis://:hunter2@127.0.0.1:1"}, id="url-unreachable-password-hidden"),
+    pytest.param(["status"], 1, "cannot reach the server at redis://127.0.0.1:1", None, None, {"FIFOFLOW_URL": "", "REDIS_URL": "redis://127.0.0.1:1"}, id="redis-url-when-fifoflow-url-unset"),
     pytest.param(["status"], 2, "invalid server URL 'http://x'", None, None, {"FIFOFLOW_URL": "http://x"}, id="url-http"),
     pytest.param(["status"], 2, "invalid server URL", None, None, {"FIFOFLOW_URL": "redis://:notaport"}, id="url-bad-port"),
     pytest.param(["status"], 2, "invalid server URL", None, None, {"FIFOFLOW_URL": "redis://[::1"}, id="url-broken-ipv6"),
@@ -224,12 +226,13 @@ def test_cli_operations_that_fail_exit_1(vqueue: Queue, cli: CLI) -> None:
 
 
 def test_cli_wrong_password(vqueue: Queue, cli: CLI, auth_url: str) -> None:
+    """A server that refuses the credentials: the operation failed (exit 1), one line."""
     before = snapshot(vqueue)
     wrong = auth_url.replace("redis://", "redis://:wrong@")
     for args in (["status"], ["push", T, "--params", "{}"], ["worker", "fftest_targets"]):
-        line = assert_one_line_error(cli(*args, env={"FIFOFLOW_URL": wrong}), 2, "credentials")
-        assert "wrong" not in line  # the password is never echoed
-    line = assert_one_line_error(cli("status", env={"FIFOFLOW_URL": auth_url}), 2)
+        line = assert_one_line_error(cli(*args, env={"FIFOFLOW_URL": wrong}), 1, "credentials")
+        assert "wrong" not in line and ":***@" in line  # the password is never echoed
+    line = assert_one_line_error(cli("status", env={"FIFOFLOW_URL": auth_url}), 1)
     assert "Authentication required" in line
     assert snapshot(vqueue) == before
 
@@ -300,7 +303,7 @@ API_CASES = [
     pytest.param(lambda q: q.push(T, {}, priority=1.5), TypeError, "priority", id="priority-float"),
     pytest.param(lambda q: q.push(T, {}, priority=True), TypeError, "priority", id="priority-bool"),
     pytest.param(lambda q: q.push(T, {}, retries=-1), ValueError, "retries", id="retries-negative"),
-    pytest.param(lambda q: q.push(T, {}, retries=None), TypeError, "retries", id="retries-none"),
+    pytest.param(lambda q: q.push(T, {}, retries="3"), TypeError, "retries", id="retries-string"),
     pytest.param(lambda q: q.push(T, {}, delay=-1), ValueError, "delay", id="delay-negative"),
     pytest.param(lambda q: q.push(T, {}, delay="5"), TypeError, "delay", id="delay-string"),
     pytest.param(lambda q: q.push(T, {}, delay=math.nan), ValueError, "delay", id="delay-nan"),
@@ -502,6 +505,6 @@ def test_fuzz_push(
         assert (record["target"], record["priority"], record["retries"]) == (
             target,
             priority,
-            retries,
+            3 if retries is None else retries,  # None: FIFOFLOW_RETRIES, 3 unless set
         )
     assert sorted(set(vqueue.job_ids()) - set(before)) == [j.id for j in jobs]

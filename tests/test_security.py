@@ -96,7 +96,8 @@ def secure_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRed
         srv.close()
 
 
-def one_error_line(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
+def one_error_line(r: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """A server that refuses us (or cannot be reached): the operation failed, exit 1."""
     shown = f"rc={r.returncode} stdout={r.stdout!r} stderr={r.stderr!r}"
     assert r.returncode == code, shown
     assert "Traceback" not in r.stdout + r.stderr, shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 __version__ = "0.1.0"
+
+# A library logs, never configures logging: its records reach whatever the application set
+# up (the CLI sets up its own), and nothing is printed by a "last resort" handler otherwise.
+logging.getLogger("fifoflow").addHandler(logging.NullHandler())
 
 __all__ = [
     "ConnectionFailed",

@@ -12,7 +12,6 @@ import time
 from types import FrameType
 from typing import Annotated, Any
 
-import pydantic
 import redis
 import typer
 
@@ -95,12 +94,7 @@ def monitor(
     """Alert on long queues, dead letters, old jobs, pools without workers, sick workers."""
     if not interval > 0:  # NaN too
         raise UsageError("--interval must be > 0")
-    try:
-        settings = get_settings()
-    except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        where = "FIFOFLOW_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
-        raise UsageError(f"{where}: {first['msg']}") from None
+    settings = get_settings()  # a bad value: one line naming the variable
     thresholds = Thresholds.from_settings(
         settings, max_queued=max_queued, max_dead=max_dead, max_age=max_age
     )

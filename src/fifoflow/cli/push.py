@@ -89,7 +89,7 @@ def push(
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Queue one job per parameter set; print one job id per line."""
+    """Queue one job per parameter set; print one job id per line (--json: a list of ids)."""
     validate_target(target)
     if params is not None and params_file is not None:
         raise UsageError("give --params or --params-file, not both")
