@@ -236,13 +236,12 @@ def dashboard(
         )
         sys.stdout.flush()
     err.print(f"fifoflow dashboard on {srv.url}/ (Ctrl-C stops it)", markup=False, soft_wrap=True)
-    allowed = " and ".join(
-        w for w, on in (("actions", allow_actions), ("POST /api/jobs", allow_push)) if on
-    )
+    allowed = " and ".join(w for w, on in (("actions", allow_actions), ("push", allow_push)) if on)
     if token and not env_token and not json_:
-        err.print(f"token for {allowed}: {token}", markup=False, soft_wrap=True)
+        err.print(f"{allowed} token: {token}", markup=False, soft_wrap=True)
     elif token:
-        err.print(f"token for {allowed}: from FIFOFLOW_DASHBOARD_TOKEN", markup=False)
+        where = "from FIFOFLOW_DASHBOARD_TOKEN" if env_token else "in the JSON document"
+        err.print(f"{allowed} token: {where}", markup=False)
     else:
         err.print("read-only (start with --allow-actions for requeue, purge, cancel)")
     srv.run()
