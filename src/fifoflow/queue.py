@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .broker import Broker
 from .errors import JobFailed, JobNotFound, UsageError
@@ -21,6 +21,9 @@ from .validation import (
     validate_name,
     validate_target,
 )
+
+if TYPE_CHECKING:
+    from .schedules_api import Schedules
 
 STATUSES = tuple(s.value for s in Status)
 
@@ -118,6 +121,13 @@ class Queue:
 
     def close(self) -> None:
         self.broker.close()
+
+    @property
+    def schedules(self) -> Schedules:
+        """The queue's schedules: add, list, pause, resume, remove."""
+        from .schedules_api import Schedules
+
+        return Schedules(self)
 
     # -- producing ---------------------------------------------------------------------
 

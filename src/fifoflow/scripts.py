@@ -29,7 +29,16 @@ from typing import Any
 
 import redis
 
-from .keys import EVENTS_CAP, RUN_BUCKETS, WAIT_BUCKETS, Event, Field, Key, Status
+from .keys import (
+    EVENTS_CAP,
+    RUN_BUCKETS,
+    WAIT_BUCKETS,
+    Event,
+    Field,
+    Key,
+    ScheduleField,
+    Status,
+)
 
 NAMES = (
     "push",
@@ -44,9 +53,16 @@ NAMES = (
     "cancel",
     "requeue",
     "purge",
+    "once",
 )
-CONSTANTS: dict[str, type[StrEnum]] = {"S": Status, "F": Field, "K": Key, "E": Event}
-CONSTANT_RE = re.compile(r"\b([SFKE])\.([a-z_]+)\b")
+CONSTANTS: dict[str, type[StrEnum]] = {
+    "S": Status,
+    "F": Field,
+    "K": Key,
+    "E": Event,
+    "H": ScheduleField,
+}
+CONSTANT_RE = re.compile(r"\b([SFKEH])\.([a-z_]+)\b")
 #: Values (not names) the scripts take from Python: ``V.name``.
 VALUES: dict[str, str] = {
     "wait_buckets": "{" + ", ".join(repr(float(b)) for b in WAIT_BUCKETS) + "}",

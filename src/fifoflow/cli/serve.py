@@ -46,6 +46,12 @@ def worker(
         int | None, typer.Option(min=0, max=65535, help="Serve Prometheus /metrics on this port.")
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Interface of --metrics-port.")] = "127.0.0.1",
+    scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--scheduler", help="Also fire the queues' schedules (any number of workers may)."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
 ) -> None:
     """Run jobs from the queues, greedily, up to --concurrency at once."""
@@ -74,6 +80,7 @@ def worker(
         max_abandoned=max_abandoned,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        scheduler=scheduler,
     )
     if prefect:
         try:
