@@ -58,12 +58,14 @@ def intervals(start: str, end: str, every: str | int, timezone: str = "UTC") -> 
         days = (last - first).days // (step // 86400) + 1
         _check_size(days)
         return [(first + timedelta(seconds=i * step)).isoformat() for i in range(days)]
-    t0, t1 = _moment(start, "start", timezone), _moment(end, "end", timezone)
+    # Real time (timestamps): wall clocks of one zone repeat an hour in autumn.
+    t0 = _moment(start, "start", timezone).timestamp()
+    t1 = _moment(end, "end", timezone).timestamp()
     if t1 < t0:
         raise UsageError(f"end {end} is before start {start}")
-    count = int((t1 - t0).total_seconds() // step) + 1
+    count = int((t1 - t0) // step) + 1
     _check_size(count)
-    return [datetime.fromtimestamp(t0.timestamp() + i * step, tz).isoformat() for i in range(count)]
+    return [datetime.fromtimestamp(t0 + i * step, tz).isoformat() for i in range(count)]
 
 
 def _check_size(n: int) -> None:

@@ -106,7 +106,7 @@ class Scheduler:
         if p.missed:
             log.info(
                 "schedule %s (queue %s): %d tick(s) missed (older than the %ds grace), "
-                "catch-up %s: fired %d (%s), skipped %d",
+                "catch-up %s: fired %d tick(s) (%s), skipped %d",
                 s.name,
                 s.queue,
                 p.missed,
@@ -117,5 +117,7 @@ class Scheduler:
                 p.skipped,
             )
         else:
-            log.debug("schedule %s (queue %s): fired %s", s.name, s.queue, ticks)
+            log.debug(
+                "schedule %s (queue %s): fired %d tick(s): %s", s.name, s.queue, len(p.fire), ticks
+            )
         return p.more
