@@ -136,6 +136,20 @@ class Scheduling:
 
     # -- pushing once --------------------------------------------------------------------
 
+    @staticmethod
+    def _once_args(
+        queue: str,
+        spec: PushSpec,
+        name: str,
+        fifth: str,
+        tail: list[str],
+        jobs: Sequence[tuple[str, str]],
+    ) -> list[str]:
+        """once.lua's ARGV (see its header): the spec's length travels with it."""
+        push = spec.args()
+        head = [nonce(), "0", keys.id_suffix(queue), name, fifth, *tail, str(len(push))]
+        return [*head, *push, *(x for pair in jobs for x in pair)]
+
     def fire(
         self,
         queue: str,
@@ -151,18 +165,8 @@ class Scheduling:
         """Push a schedule's ticks (``jobs``: params JSON, key) and move its watermark from
         ``expected`` to ``watermark``, in one step, unless another call moved it first."""
         self._register_queue(queue)
-        args = [
-            nonce(),
-            "0",
-            keys.id_suffix(queue),
-            *spec.args(),
-            name,
-            str(expected),
-            str(watermark),
-            str(skipped),
-            "" if last_fired is None else str(last_fired),
-            *(x for pair in jobs for x in pair),
-        ]
+        tail = [str(watermark), str(skipped), "" if last_fired is None else str(last_fired)]
+        args = self._once_args(queue, spec, name, str(expected), tail, jobs)
         _, reply = self._script("once", queue, args, resend_at=1)
         if reply[0] in ("STALE", "PAUSED", "GONE"):
             return Fired(cast(FireOutcome, reply[0].lower()))
@@ -183,8 +187,7 @@ class Scheduling:
         ttl = str(self.settings.once_ttl_seconds)
         for start in range(0, len(jobs), ONCE_BATCH):
             chunk = jobs[start : start + ONCE_BATCH]
-            args = [nonce(), "0", keys.id_suffix(queue), *spec.args(), "", ttl, "", "", ""]
-            args += [x for pair in chunk for x in pair]
+            args = self._once_args(queue, spec, "", ttl, ["", "", ""], chunk)
             _, reply = self._script("once", queue, args, resend_at=1)
             out += self._pushed(queue, reply)
             if on_batch is not None:

@@ -13,6 +13,7 @@ process is needed. It stops when the worker stops.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from .errors import QueueFull
@@ -50,6 +51,7 @@ class Scheduler:
         """Fire what is due in the worker's queues; returns seconds until the next look."""
         w = self.w
         now = w.broker.server_time()
+        read_at = time.monotonic()
         soonest = now + RELOOK
         for queue in w.queues:
             for name, raw in w.broker.schedules(queue).items():
@@ -65,7 +67,8 @@ class Scheduler:
                 if self.handle(s, now):
                     return 0.0  # a long catch-up: the next batch at once
                 soonest = min(soonest, s.spec.next_tick(max(s.last, now)))
-        return max(soonest - w.broker.server_time(), 0.0) + AFTER_TICK
+        server_now = now + time.monotonic() - read_at
+        return max(soonest - server_now, 0.0) + AFTER_TICK
 
     def handle(self, s: Schedule, now: float) -> bool:
         """Fire the schedule's due ticks; True if some were left for the next call."""

@@ -34,8 +34,9 @@ CATCHUPS: tuple[Catchup, ...] = ("none", "last", "all")
 DEFAULT_GRACE = 60
 #: Ticks one call fires at most (a long catch-up takes several calls, oldest first).
 BATCH = 500
-#: Missed cron ticks counted one by one at most (for the skipped count only).
-COUNT_CAP = 100_000
+#: Missed cron ticks counted one by one at most (the skipped count of a longer gap of a
+#: cron schedule stops there).
+COUNT_CAP = 10_000
 
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_RE = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -258,11 +259,11 @@ def plan(spec: Spec, last: int, now: float, limit: int = BATCH) -> Plan | None:
         newest_missed = None
     if spec.catchup == "all":
         fire = list(spec.ticks(last, now, limit + 1))
-        missed = 0 if newest_missed is None else spec.count(last, newest_missed)
         if not fire:
             return None
         more = len(fire) > limit
         fire = fire[:limit]
+        missed = sum(1 for t in fire if t < cutoff)  # of this call's ticks
         return Plan(fire, fire[-1], 0, missed, more)
     on_time = list(spec.ticks(max(last, newest_missed or last), now, limit + 1))
     if newest_missed is None:

@@ -9,23 +9,23 @@
 -- ARGV[1]  nonce: a re-sent call (its reply was lost) returns the first reply, adds nothing
 -- ARGV[2]  '1' if this is a re-send
 -- ARGV[3]  id suffix (4 hex digits of the queue name)
--- ARGV[4..10] the push spec (see push.lua)
--- ARGV[11] schedule name ('' = once-keys mode)
--- ARGV[12] schedule: the watermark the caller read | once-keys: seconds once-keys are kept
+-- ARGV[4]  schedule name ('' = once-keys mode)
+-- ARGV[5]  schedule: the watermark the caller read | once-keys: seconds once-keys are kept
 --          (0 = for ever)
--- ARGV[13] schedule: the new watermark (the newest tick handled, fired or skipped)
--- ARGV[14] schedule: ticks skipped by the catch-up policy
--- ARGV[15] schedule: the newest tick fired ('' = none)
--- ARGV[16..] pairs: params (JSON), key (the job's de-duplication key, and its once-key)
+-- ARGV[6]  schedule: the new watermark (the newest tick handled, fired or skipped)
+-- ARGV[7]  schedule: ticks skipped by the catch-up policy
+-- ARGV[8]  schedule: the newest tick fired ('' = none)
+-- ARGV[9]  n, the length of the push spec; ARGV[10 .. 9 + n] the push spec (see push.lua)
+-- ARGV[10 + n ..] pairs: params (JSON), key (the job's de-duplication key and its once-key)
 -- Returns  {'OK', id1, new1, status1, ...}  (new: '1' pushed, '0' pushed before; the id is
 --          the active job with that key, or '' if none is active any more)
 --       or {'FULL', pending, max_length, adding}   (nothing changed)
 --       or {'STALE', watermark} | {'PAUSED'} | {'GONE'}  (schedule mode, nothing changed)
 local P = KEYS[1]
 local nonce, resend, suffix = ARGV[1], ARGV[2], ARGV[3]
-local spec = push_spec(ARGV, 4)
-local name = ARGV[11]
-local FIRST = 16
+local name = ARGV[4]
+local spec = push_spec(ARGV, 10)
+local FIRST = 10 + tonumber(ARGV[9])
 
 local prior = replayed(P, nonce, resend)
 if prior then return prior end
@@ -36,11 +36,11 @@ if name ~= '' then
   local s = read(sk, H.spec, H.last, H.paused)
   if not s.spec then return {'GONE'} end
   if s.paused == '1' then return {'PAUSED'} end
-  if s.last ~= ARGV[12] or tonumber(ARGV[13]) < tonumber(s.last) then
+  if s.last ~= ARGV[5] or tonumber(ARGV[6]) < tonumber(s.last) then
     return {'STALE', s.last or ''}
   end
-elseif tonumber(ARGV[12]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', P .. K.once, '-inf', now - tonumber(ARGV[12]))
+elseif tonumber(ARGV[5]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', P .. K.once, '-inf', now - tonumber(ARGV[5]))
 end
 
 -- Which pairs are new: a once-key used before (once-keys mode), an active job holding the
@@ -97,11 +97,11 @@ for _, e in ipairs(entries) do
 end
 
 if name ~= '' then
-  redis.call('HSET', sk, H.last, ARGV[13])
+  redis.call('HSET', sk, H.last, ARGV[6])
   redis.call('HINCRBY', sk, H.fired, #entries)
-  redis.call('HINCRBY', sk, H.skipped, tonumber(ARGV[14]))
-  if ARGV[15] ~= '' and last_id then
-    redis.call('HSET', sk, H.last_fired, ARGV[15], H.last_id, last_id)
+  redis.call('HINCRBY', sk, H.skipped, tonumber(ARGV[7]))
+  if ARGV[8] ~= '' and last_id then
+    redis.call('HSET', sk, H.last_fired, ARGV[8], H.last_id, last_id)
   end
 end
 return remember(P, nonce, out)
