@@ -40,6 +40,11 @@ def test_durations() -> None:
             parse_duration(bad)
 
 
+def test_spec_takes_a_zero_grace() -> None:
+    assert Spec.create("m:f", every="1m", grace="0s").grace == 0
+    assert Spec.create("m:f", every="1m", grace=0).grace == 0
+
+
 def test_spec_refuses_bad_input() -> None:
     t = "fftest_targets:echo"
     for kwargs in (
@@ -149,7 +154,7 @@ def test_racing_schedulers_fire_a_tick_once(vqueue: Queue) -> None:
 
 # -- real schedulers -----------------------------------------------------------------------
 
-GRACE = 4
+GRACE = 6
 
 
 def tick_jobs(q: Queue, name: str) -> dict[int, list[dict[str, Any]]]:
@@ -267,7 +272,7 @@ def test_missed_ticks_with_catchup_none_and_all(
     none = tick_jobs(vqueue, "none")
     assert all(len(v) == 1 for v in none.values())
     # none: no missed tick fired; each fired tick was on time.
-    assert all(v[0]["created_at"] - t <= 2 + 1 for t, v in none.items())
+    assert all(v[0]["created_at"] - t <= 2 + 2 for t, v in none.items())
     assert min(none) >= created + 6
     s = vqueue.schedules.get("none")
     assert s.skipped >= 5 and s.fired == len(none)

@@ -156,7 +156,8 @@ class Spec:
         tz = zone(timezone)
         if catchup not in CATCHUPS:
             raise UsageError(f"invalid catch-up {catchup!r}: one of {', '.join(CATCHUPS)}")
-        grace_s = 0 if grace in (0, "0") else parse_duration(grace, "grace")
+        zero = isinstance(grace, int | str) and str(grace).strip().lower() in ("0", "0s")
+        grace_s = 0 if zero else parse_duration(grace, "grace")
         encoded = encode_params(dict(params or {}), max_params_bytes)
         spec = cls(
             target=validate_target(target),
