@@ -5,8 +5,9 @@ Each ``scripts/NAME.lua`` is the body of one function (``KEYS`` and ``ARGV`` as 
 script); ``_common.lua`` holds the helpers they share. ``library()`` builds the library:
 the helpers once, then each body registered as ``ff_VERSION_NAME``, where VERSION is a hash
 of the whole text, so two versions of fifoflow can share a server. Every ``S.name``,
-``F.name`` and ``K.name`` (a status, a job field, a key suffix) is replaced by its value
-from ``keys.Status``, ``keys.Field`` and ``keys.Key``: the Python enums are the one
+``F.name``, ``K.name``, ``E.name`` and ``H.name`` (a status, a job field, a key suffix, a
+counter, a schedule field) is replaced by its value from ``keys.Status``, ``keys.Field``,
+``keys.Key``, ``keys.Event`` and ``keys.ScheduleField``: the Python enums are the one
 definition, and a name they lack fails the build.
 
 A library is loaded once per server (``FUNCTION LOAD``; it persists and replicates), not
