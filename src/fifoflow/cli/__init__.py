@@ -2,9 +2,8 @@
 
 People get rich tables and progress bars; scripts get ``--json`` (one document on stdout).
 Exit codes: 0 success, 1 an operation failed, 2 bad usage or input, always as one line on
-stderr, never a traceback. The commands live in ``jobs`` (queues and jobs), ``serve``
-(things that run) and ``schedules`` (schedules and backfills); this module assembles them
-and maps failures to exit codes.
+stderr, never a traceback. The commands live in ``jobs`` (queues and jobs) and ``serve``
+(things that run); this module assembles them and maps failures to exit codes.
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ import redis
 import typer
 
 from ..errors import FifoflowError, UsageError
-from . import jobs, schedules, serve
+from . import jobs, serve
 from .common import err
+from .schedules import backfill, schedule_app
 
 try:  # typer 0.2x vendors its own click
     from typer._click import exceptions as click_errors
@@ -45,12 +45,12 @@ for command in (
     jobs.wait,
     serve.demo,
     serve.dashboard,
-    schedules.backfill,
 ):
     app.command()(command)
 app.add_typer(jobs.dlq_app, name="dlq")
 app.add_typer(serve.server_app, name="server")
-app.add_typer(schedules.schedule_app, name="schedule")
+app.command()(backfill)
+app.add_typer(schedule_app, name="schedule")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
