@@ -8,8 +8,8 @@ typed records (``records.py``); neither ``Queue`` nor the worker builds a comman
 Pushes, claims and reports carry a nonce (claims: the fencing token), so a call whose
 reply was lost (a connection error or a socket timeout) is simply sent again: the server
 recognises it and answers as the first time, without doing it twice. Reads (counts,
-records) live in ``BrokerReads``, pushes in ``Producing``, the worker registry in
-``WorkerRegistry``.
+records) live in ``BrokerReads``, pushes in ``Producing``, schedules and pushes that
+happen once in ``Scheduling``, the worker registry in ``WorkerRegistry``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import redis
 from . import keys, scripts
 from .broker_push import Producing
 from .broker_reads import BrokerReads
+from .broker_schedules import Scheduling
 from .connection import connect, resolve_url
 from .errors import ServerOutOfMemory, is_oom, out_of_memory
 from .records import (
@@ -69,7 +70,7 @@ class Policy:
         )
 
 
-class Broker(Producing, BrokerReads, WorkerRegistry):
+class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
     """State changes and reads of every queue on one server. Thread-safe."""
 
     def __init__(

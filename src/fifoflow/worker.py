@@ -8,8 +8,8 @@ draining, stopping. The roles, each in its own module and thread(s):
   wake tokens when there is nothing to do;
 * *services*, background loops under ``resilience.supervised``: the ``monitor``
   (heartbeats, leases, timeouts, housekeeping) and the ``deathwatch`` (dead workers'
-  jobs back in line within a second). A new background duty (a scheduler, a metrics
-  endpoint) is one more service.
+  jobs back in line within a second), and with ``scheduler`` the ``scheduler`` (fires
+  the queues' schedules). A new background duty is one more service.
 
 Every server call goes through the broker under one error policy (``resilience``).
 """
@@ -76,6 +76,7 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         max_jobs: int | None = None,
+        scheduler: bool = False,
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
@@ -123,6 +124,10 @@ class Worker:
         self.dispatcher = Dispatcher(self)
         self.monitor = Monitor(self)
         self.services: list[Service] = [self.monitor, DeathWatch(self)]
+        if scheduler:  # fires the schedules of its queues (any number of workers may)
+            from .scheduler import Scheduler
+
+            self.services.append(Scheduler(self))
         self.metrics = (
             None if metrics_port is None else MetricsEndpoint(self, metrics_host, metrics_port)
         )

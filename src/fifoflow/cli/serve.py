@@ -49,6 +49,12 @@ def worker(
     max_jobs: Annotated[
         int | None, typer.Option(min=1, help="Exit 0 after running this many jobs.")
     ] = None,
+    scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--scheduler", help="Also fire the queues' schedules (any number of workers may)."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
 ) -> None:
     """Run jobs from the queues, greedily, up to --concurrency at once."""
@@ -78,6 +84,7 @@ def worker(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         max_jobs=max_jobs,
+        scheduler=scheduler,
     )
     if prefect:
         try:

@@ -1,7 +1,8 @@
 -- _common.lua: helpers the scripts share, defined once in fifoflow's function library
--- (scripts.py builds it). S.name, F.name, K.name and E.name are replaced by the values of
--- keys.Status (job statuses), keys.Field (job hash fields), keys.Key (key suffixes) and
--- keys.Event (counters), V.name by values of keys (buckets, caps): one definition, in
+-- (scripts.py builds it). S.name, F.name, K.name, E.name and H.name are replaced by the
+-- values of keys.Status (job statuses), keys.Field (job hash fields), keys.Key (key
+-- suffixes), keys.Event (counters) and keys.ScheduleField (schedule hash fields), V.name
+-- by values of keys (buckets, caps): one definition, in
 -- Python. Every key a script touches starts with the prefix P = KEYS[1] = "ff:{QUEUE}:",
 -- so all of them live in one Cluster slot; the keys are described in docs/architecture.md.
 
