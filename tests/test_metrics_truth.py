@@ -172,7 +172,7 @@ def test_counters_of_1000_jobs_equal_the_truth_and_outlive_the_records(
     wait_for(expired, timeout=30)
     after = scrape(endpoint)
     gauges = after.by("fifoflow_queue_jobs", "status", queue=qname)
-    assert gauges == dict.fromkeys(gauges, 0.0) and len(gauges) == 6  # the records are gone
+    assert gauges == dict.fromkeys(gauges, 0.0) and len(gauges) == 7  # the records are gone
     assert_counters(after, qname, expected)  # the counters are not
     assert worker.poll() is None
     worker.send_signal(signal.SIGTERM)

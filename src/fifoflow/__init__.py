@@ -16,7 +16,7 @@ from .errors import (
     ServerOutOfMemory,
     UsageError,
 )
-from .execution import current_job, no_retry
+from .execution import Cancelled, check_cancelled, current_job, no_retry
 from .queue import Job, Queue
 from .workflows import chain
 
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 logging.getLogger("fifoflow").addHandler(logging.NullHandler())
 
 __all__ = [
+    "Cancelled",
     "ConnectionFailed",
     "FifoflowError",
     "Job",
@@ -43,6 +44,7 @@ __all__ = [
     "UsageError",
     "Worker",
     "chain",
+    "check_cancelled",
     "current_job",
     "no_retry",
 ]

@@ -8,8 +8,9 @@ typed records (``records.py``); neither ``Queue`` nor the worker builds a comman
 Pushes, claims and reports carry a nonce (claims: the fencing token), so a call whose
 reply was lost (a connection error or a socket timeout) is simply sent again: the server
 recognises it and answers as the first time, without doing it twice. Reads (counts,
-records) live in ``BrokerReads``, listings in ``Pages``, pushes in ``Producing``, the
-worker registry in ``WorkerRegistry``.
+records) live in ``BrokerReads``, listings in ``Pages``, pushes in ``Producing``,
+schedules and pushes that happen once in ``Scheduling``, the worker registry in
+``WorkerRegistry``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from . import keys, scripts
 from .broker_pages import Pages
 from .broker_push import Producing
 from .broker_reads import BrokerReads
+from .broker_schedules import Scheduling
 from .connection import connect, resolve_url
 from .errors import ServerOutOfMemory, is_oom, out_of_memory
 from .records import (
@@ -71,7 +73,7 @@ class Policy:
         )
 
 
-class Broker(Producing, BrokerReads, Pages, WorkerRegistry):
+class Broker(Producing, BrokerReads, Pages, Scheduling, WorkerRegistry):
     """State changes and reads of every queue on one server. Thread-safe."""
 
     def __init__(
@@ -258,14 +260,18 @@ class Broker(Producing, BrokerReads, Pages, WorkerRegistry):
         claimed = parse_claimed(job.queue, req.nonce, reply[3:])
         return Completion(reply[0], float(reply[1]), claimed, Retry.parse(reply[2]))
 
-    def extend(self, queue: str, jobs: Sequence[Claimed], lease: float) -> list[str]:
-        """Renew leases; returns the ids whose lease was lost to another worker."""
+    def extend(
+        self, queue: str, jobs: Sequence[Claimed], lease: float
+    ) -> tuple[list[str], list[str]]:
+        """Renew leases; returns the ids whose lease was lost to another worker, and those
+        asked to cancel."""
         if not jobs:
-            return []
+            return [], []
         args: list[Any] = [repr(lease)]
         for j in jobs:
             args += [j.id, j.token]
-        return list(self._script("extend", queue, args)[1])
+        lost, cancelled = self._script("extend", queue, args)[1]
+        return list(lost), list(cancelled)
 
     def release(self, queue: str, jobs: Sequence[Claimed], delay: float = 0.0) -> int:
         """Put claimed jobs back at their original places (after ``delay`` seconds)."""
@@ -289,7 +295,8 @@ class Broker(Producing, BrokerReads, Pages, WorkerRegistry):
     # -- changing --------------------------------------------------------------------------
 
     def cancel(self, queue: str, job_id: str) -> str:
-        """The job's status after the call ('' if there is no such job)."""
+        """The job's status after the call ('' if there is no such job; 'cancelling' for a
+        running one: its worker stops it)."""
         return str(self._script("cancel", queue, [job_id, self.policy.ttl])[1])
 
     def requeue(self, queue: str, job_ids: Sequence[str] | None) -> list[str]:

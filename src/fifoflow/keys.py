@@ -21,6 +21,8 @@ QUEUES = "ff:queues"
 WORKERS = "ff:workers"
 #: Which worker currently watches for dead workers (a short-lived lock, see deathwatch).
 WATCHER = "ff:watcher"
+#: Set of every queue name that has schedules (its own slot, never in a script).
+SCHEDULES = "ff:schedules"
 #: Prefix of every worker connection's CLIENT SETNAME: how a dead worker is recognised.
 CONNECTION_NAME_PREFIX = "ffw:"
 
@@ -76,6 +78,7 @@ class Field(StrEnum):
     CHILDREN = "children"  # '1' once a job depends on it
     RESULT_TTL = "result_ttl"  # its own ttl of the finished record, if it set one
     ALIAS = "alias"  # the id its pusher chose, if any
+    CANCEL = "cancel"  # '1' once a cancel was asked while it ran: it ends cancelled
 
 
 class Key(StrEnum):
@@ -109,6 +112,23 @@ class Key(StrEnum):
     ALIASES = "aliases"  # hash, a caller-chosen id -> the job's id
     DONE = "done"  # pub/sub channel: the id of each job reaching a final status
     DONE_BY = "done_by"  # hash, worker name -> attempts it finished (recorded by complete.lua)
+    CANCELS = "cancels"  # pub/sub channel: the id of each running job asked to cancel
+    SCHEDULES = "schedules"  # set, the names of the queue's schedules
+    SCHEDULE = "schedule:"  # + name: hash, a schedule (ScheduleField)
+    ONCE = "once"  # zset, once-keys ever pushed (backfills), score = push time
+
+
+class ScheduleField(StrEnum):
+    """The fields of a schedule's hash (``ff:{Q}:schedule:NAME``); ``H.name`` in scripts."""
+
+    SPEC = "spec"  # JSON: what it pushes and when (schedules.Spec)
+    LAST = "last"  # the watermark: the newest tick handled (fired or skipped), Unix seconds
+    PAUSED = "paused"  # '1' while paused
+    CREATED_AT = "created_at"
+    FIRED = "fired"  # ticks pushed, in all
+    SKIPPED = "skipped"  # ticks passed over by the catch-up policy, in all
+    LAST_FIRED = "last_fired"  # the newest tick pushed
+    LAST_ID = "last_id"  # the id of its job
 
 
 class Event(StrEnum):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .broker import Broker
 from .errors import JobFailed, JobNotFound, UsageError
@@ -23,6 +23,9 @@ from .validation import (
     validate_name,
     validate_target,
 )
+
+if TYPE_CHECKING:
+    from .schedules_api import Schedules
 
 STATUSES = tuple(s.value for s in Status)
 #: fifoflow's own job ids: a 14-hex-digit rank and 4 hex digits of the queue name.
@@ -124,6 +127,13 @@ class Queue:
 
     def close(self) -> None:
         self.broker.close()
+
+    @property
+    def schedules(self) -> Schedules:
+        """The queue's schedules: add, list, pause, resume, remove."""
+        from .schedules_api import Schedules
+
+        return Schedules(self)
 
     # -- producing ---------------------------------------------------------------------
 
@@ -295,11 +305,14 @@ class Queue:
     # -- changing ----------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
-        """True if the job is now cancelled; False if it had already started or finished."""
+        """True if the job is now cancelled, or running and being stopped (its worker stops
+        it and records it cancelled, never retried, unless it succeeds first); False if it
+        had already finished."""
+        job_id = job_id if ID_RE.match(job_id) else self.resolve(job_id)
         status = self.broker.cancel(self.name, job_id)
         if status == "":
             raise JobNotFound(job_id)
-        return status == Status.CANCELLED
+        return status in (Status.CANCELLED, "cancelling")
 
     def dead_letters(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.jobs(Status.DEAD, limit)

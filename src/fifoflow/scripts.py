@@ -5,8 +5,9 @@ Each ``scripts/NAME.lua`` is the body of one function (``KEYS`` and ``ARGV`` as 
 script); ``_common.lua`` holds the helpers they share. ``library()`` builds the library:
 the helpers once, then each body registered as ``ff_VERSION_NAME``, where VERSION is a hash
 of the whole text, so two versions of fifoflow can share a server. Every ``S.name``,
-``F.name`` and ``K.name`` (a status, a job field, a key suffix) is replaced by its value
-from ``keys.Status``, ``keys.Field`` and ``keys.Key``: the Python enums are the one
+``F.name``, ``K.name``, ``E.name`` and ``H.name`` (a status, a job field, a key suffix, a
+counter, a schedule field) is replaced by its value from ``keys.Status``, ``keys.Field``,
+``keys.Key``, ``keys.Event`` and ``keys.ScheduleField``: the Python enums are the one
 definition, and a name they lack fails the build.
 
 A library is loaded once per server (``FUNCTION LOAD``; it persists and replicates), not
@@ -29,7 +30,16 @@ from typing import Any
 
 import redis
 
-from .keys import EVENTS_CAP, RUN_BUCKETS, WAIT_BUCKETS, Event, Field, Key, Status
+from .keys import (
+    EVENTS_CAP,
+    RUN_BUCKETS,
+    WAIT_BUCKETS,
+    Event,
+    Field,
+    Key,
+    ScheduleField,
+    Status,
+)
 
 NAMES = (
     "push",
@@ -45,9 +55,16 @@ NAMES = (
     "requeue",
     "purge",
     "bridge",
+    "once",
 )
-CONSTANTS: dict[str, type[StrEnum]] = {"S": Status, "F": Field, "K": Key, "E": Event}
-CONSTANT_RE = re.compile(r"\b([SFKE])\.([a-z_]+)\b")
+CONSTANTS: dict[str, type[StrEnum]] = {
+    "S": Status,
+    "F": Field,
+    "K": Key,
+    "E": Event,
+    "H": ScheduleField,
+}
+CONSTANT_RE = re.compile(r"\b([SFKEH])\.([a-z_]+)\b")
 #: Values (not names) the scripts take from Python: ``V.name``.
 VALUES: dict[str, str] = {
     "wait_buckets": "{" + ", ".join(repr(float(b)) for b in WAIT_BUCKETS) + "}",

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_abandoned: int = Field(default=8, ge=1)
     #: Embedded server durability: "everysec" (default) or "always".
     appendfsync: str = "everysec"
+    #: How long a backfill remembers the intervals it pushed (a re-run within it pushes
+    #: nothing again); 0: for ever.
+    once_ttl_seconds: int = Field(default=400 * 24 * 3600, ge=0)
     #: Largest accepted params document, in bytes of JSON.
     max_params_bytes: int = 1024 * 1024
     #: Seconds to wait for a connection before giving up with a clear error.

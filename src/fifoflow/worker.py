@@ -8,8 +8,8 @@ draining, stopping. The roles, each in its own module and thread(s):
   wake tokens when there is nothing to do;
 * *services*, background loops under ``resilience.supervised``: the ``monitor``
   (heartbeats, leases, timeouts, housekeeping) and the ``deathwatch`` (dead workers'
-  jobs back in line within a second). A new background duty (a scheduler, a metrics
-  endpoint) is one more service.
+  jobs back in line within a second), and with ``scheduler`` the ``scheduler`` (fires
+  the queues' schedules). A new background duty is one more service.
 
 Every server call goes through the broker under one error policy (``resilience``).
 """
@@ -28,7 +28,7 @@ from typing import Protocol
 
 from .allowlist import Resolver, import_modules
 from .broker import Broker
-from .deathwatch import DeathWatch
+from .deathwatch import CancelWatch, DeathWatch
 from .dispatcher import Dispatcher
 from .errors import UsageError
 from .execution import Call, direct_call
@@ -76,6 +76,7 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         max_jobs: int | None = None,
+        scheduler: bool = False,
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
@@ -122,7 +123,11 @@ class Worker:
         self.slots = Slots(self, lambda: self.make_runner(resolver))
         self.dispatcher = Dispatcher(self)
         self.monitor = Monitor(self)
-        self.services: list[Service] = [self.monitor, DeathWatch(self)]
+        self.services: list[Service] = [self.monitor, DeathWatch(self), CancelWatch(self)]
+        if scheduler:  # fires the schedules of its queues (any number of workers may)
+            from .scheduler import Scheduler
+
+            self.services.append(Scheduler(self))
         self.metrics = (
             None if metrics_port is None else MetricsEndpoint(self, metrics_host, metrics_port)
         )
@@ -206,6 +211,15 @@ class Worker:
         if self.max_jobs is not None and self.processed >= self.max_jobs:
             log.info("worker %s: ran %d job(s) (--max-jobs); stopping", self.name, self.processed)
             self.stop()
+
+    def cancel_running(self, job_id: str) -> None:
+        """A running job was cancelled: stop its attempt here, if it runs here."""
+        if self.slots.cancel(job_id):
+            log.warning("worker %s: job %s cancelled while running; stopping it", self.name, job_id)
+            self.cancelling(job_id)
+
+    def cancelling(self, job_id: str) -> None:
+        """Called once a running job's stop began (a hook: Prefect mode cancels the run)."""
 
     def give_back(self, jobs: Sequence[Claimed], delay: float = 0.0) -> None:
         """Claimed jobs that will not run here back to their places in line."""

@@ -193,13 +193,17 @@ def cancel(
     queue: QueueOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """A queued, waiting or delayed job becomes cancelled (exit 1 if it already started)."""
+    """A job becomes cancelled; a running one is stopped by its worker first (exit 1 if it
+    has already finished)."""
     q, record = _find_job(job_id, queue)
     if not q.cancel(record["id"]):
         now = q.record(record["id"]) or record
-        fail(f"job {job_id} is {now['status']}: only queued or delayed jobs can be cancelled", 1)
+        fail(f"job {job_id} is {now['status']}: it has already finished", 1)
+    now = q.record(record["id"]) or record
     if json_:
-        emit_json({"id": record["id"], "queue": q.name, "status": "cancelled"})
+        emit_json({"id": record["id"], "queue": q.name, "status": now["status"]})
+    elif now["status"] == "running":
+        out.print(f"cancelling {job_id}: its worker stops it, then it is cancelled")
     else:
         out.print(f"cancelled {job_id}")
 

@@ -51,6 +51,12 @@ def worker(
     max_jobs: Annotated[
         int | None, typer.Option(min=1, help="Exit 0 after running this many jobs.")
     ] = None,
+    scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--scheduler", help="Also fire the queues' schedules (any number of workers may)."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
     log_format: Annotated[
         str, typer.Option("--log-format", help="text, or json: one object a line for shippers.")
@@ -81,6 +87,7 @@ def worker(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         max_jobs=max_jobs,
+        scheduler=scheduler,
     )
     if prefect:
         try:
