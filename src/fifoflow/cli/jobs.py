@@ -196,13 +196,15 @@ def cancel(
     """A job becomes cancelled; a running one is stopped by its worker first (exit 1 if it
     has already finished)."""
     q, record = _find_job(job_id, queue)
-    if not q.cancel(record["id"]):
-        now = q.record(record["id"]) or record
-        fail(f"job {job_id} is {now['status']}: it has already finished", 1)
-    now = q.record(record["id"]) or record
+    # The script's answer, not a later read: a running job may be stopped by then.
+    after = q.broker.cancel(q.name, record["id"])
+    if after == "":
+        raise JobNotFound(job_id)
+    if after not in ("cancelled", "cancelling"):
+        fail(f"job {job_id} is {after}: it has already finished", 1)
     if json_:
-        emit_json({"id": record["id"], "queue": q.name, "status": now["status"]})
-    elif now["status"] == "running":
+        emit_json({"id": record["id"], "queue": q.name, "status": after})
+    elif after == "cancelling":
         out.print(f"cancelling {job_id}: its worker stops it, then it is cancelled")
     else:
         out.print(f"cancelled {job_id}")
