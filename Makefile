@@ -49,11 +49,11 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m fifoflow.cli.reference docs/cli.md
 
-# The wheel and the sdist in dist/.
+# The sdist, then the wheel built from it, in dist/ (tests/test_package.py does the same and
+# installs the wheel in a fresh virtualenv).
 dist: $(STAMP)
 	rm -rf dist
-	$(BIN)/python -m pip wheel -q --no-deps -w dist .
-	$(BIN)/python -c 'from setuptools import build_meta as b; b.build_sdist("dist")' >/dev/null
+	$(BIN)/python -m build -o dist .
 
 demo: $(STAMP)
 	$(BIN)/fifoflow demo
