@@ -66,11 +66,13 @@ def wait(
     deadline = None if timeout is None else started + timeout
     left = pending()
     total = left
+    timed_out = False
     with progress("waiting") as bar:
         task = bar.add_task("wait", total=total)
         while left > 0:
             if deadline is not None and time.monotonic() >= deadline:
-                fail(f"timed out after {timeout:g}s with {left} job(s) still pending", 1)
+                timed_out = True
+                break
             time.sleep(interval)
             left = pending()
             total = max(total, left)
@@ -79,11 +81,20 @@ def wait(
     ended = {fate: after[fate] - before[fate] for fate in FINISHED}
     dead_now = sum(broker.counts(n)["dead"] for n in names)
     seconds = time.monotonic() - started
-    if json_:
+    if json_:  # the same document on a timeout, so a script can read how far it got
         emit_json(
-            {"queues": list(names), "seconds": round(seconds, 3), **ended, "dead_now": dead_now}
+            {
+                "queues": list(names),
+                "seconds": round(seconds, 3),
+                **ended,
+                "dead_now": dead_now,
+                "pending": left,
+                "timed_out": timed_out,
+            }
         )
-    else:
+    if timed_out:
+        fail(f"timed out after {timeout:g}s with {left} job(s) still pending", 1)
+    if not json_:
         out.print(
             f"all done after {seconds:.1f}s: {ended['succeeded']} succeeded, {ended['dead']} dead, "
             f"{ended['cancelled']} cancelled meanwhile; {dead_now} dead job(s) in the queue(s)",
