@@ -224,7 +224,8 @@ def test_defaults_from_the_environment(
 
 def test_the_library_leaves_logging_to_the_application() -> None:
     code = (
-        "import logging, fifoflow; root = logging.getLogger(); "
+        "import logging, fifoflow, fifoflow.worker, fifoflow.dashboard; "
+        "root = logging.getLogger(); "
         "lib = logging.getLogger('fifoflow'); "
         "print(len(root.handlers), [type(h).__name__ for h in lib.handlers])"
     )

@@ -73,6 +73,10 @@ def setup_logging(level: str, fmt: str) -> None:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=number, handlers=[handler], force=True)
+    # Every Prefect API call would be an INFO line of httpx's (the library leaves an API
+    # user's logging alone; the command configures its own).
+    if logging.getLogger("httpx").level == logging.NOTSET:
+        logging.getLogger("httpx").setLevel(max(number, logging.WARNING))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

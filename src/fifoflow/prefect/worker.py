@@ -89,10 +89,6 @@ class PrefectWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Every Prefect API call would be an INFO line of httpx's under a root logger at INFO.
-        httpx_log = logging.getLogger("httpx")
-        if httpx_log.level == logging.NOTSET:
-            httpx_log.setLevel(logging.WARNING)
         self._parent_ctx: contextvars.Context | None = None
         self._flows: dict[tuple[str, float | None], tuple[Flow[..., Any], Task[..., Any]]] = {}
         self._flows_lock = threading.Lock()
