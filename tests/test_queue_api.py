@@ -92,7 +92,7 @@ def test_bad_target_names(queue: Queue, target: Any) -> None:
         ({"retries": -1}, ValueError),
         ({"retries": 1.0}, TypeError),
         ({"retries": "3"}, TypeError),
-        ({"retries": None}, TypeError),
+        ({"retries": True}, TypeError),  # None is the default (FIFOFLOW_RETRIES)
         ({"priority": 1.5}, TypeError),
         ({"priority": True}, TypeError),
         ({"priority": "high"}, TypeError),
