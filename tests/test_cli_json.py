@@ -52,12 +52,12 @@ def test_every_command_prints_one_json_document(
     assert doc(run_cli("status", "--json"))["queues"][q]["succeeded"] == 2
     assert [j["id"] for j in doc(run_cli("jobs", "--status", "dead", "--json"))] == [dead_id]
     assert doc(run_cli("job", job_id, "--json"))["result"] == 2
-    assert doc(run_cli("wait", "--json"))["dead_now"] == 1
+    assert doc(run_cli("wait", "-q", q, "--json"))["dead_now"] == 1
     assert [j["id"] for j in doc(run_cli("dlq", "list", "--json"))] == [dead_id]
     assert doc(run_cli("dlq", "requeue", "--all", "--json"))["requeued"] == [dead_id]
     assert doc(run_cli("worker", T, "--burst", "--json"))["jobs"] == 1
     assert doc(run_cli("dlq", "purge", "--json")) == {"queue": q, "purged": 1}
-    assert doc(run_cli("workers", "--json")) == []
+    assert [w for w in doc(run_cli("workers", "--json")) if q in w["queues"]] == []
     (later,) = doc(run_cli("push", f"{T}:add", "--params", '{"x": 1}', "--delay", "600", "--json"))
     assert doc(run_cli("cancel", later, "--json")) == {
         "id": later,
@@ -137,7 +137,9 @@ def test_wait_summary_fail_on_dead_and_timeout(
     procs.worker(T, "-c", "1")
     wait_for(lambda: held.status == "running", timeout=30)
     known = {int(c["id"]) for c in vqueue.client.client_list()}
-    waiting = procs.start(sys.executable, "-m", "fifoflow", "wait", "--timeout", "120")
+    waiting = procs.start(
+        sys.executable, "-m", "fifoflow", "wait", "-q", vqueue.name, "--timeout", "120"
+    )
     wait_for(lambda: _polling(vqueue.client, known), timeout=60)
     marker.write_text("go")  # now both jobs end while wait watches
     out, _ = waiting.communicate(timeout=60)
@@ -147,11 +149,11 @@ def test_wait_summary_fail_on_dead_and_timeout(
         r"1 dead job\(s\) in the queue\(s\)\n",
         out,
     ), out
-    r = run_cli("wait", "--fail-on-dead", "--json")
+    r = run_cli("wait", "-q", vqueue.name, "--fail-on-dead", "--json")
     assert doc(r, code=1)["dead_now"] == 1
     assert r.stderr.startswith("error: 1 dead job(s) in ") and len(r.stderr.splitlines()) == 1
     vqueue.push(f"{T}:add", {"x": 1}, delay=600)
-    r = run_cli("wait", "--timeout", "0.3", "--json")
+    r = run_cli("wait", "-q", vqueue.name, "--timeout", "0.3", "--json")
     timed = doc(r, code=1)
     assert timed["timed_out"] is True and timed["pending"] == 1
     assert r.stderr.startswith("error: timed out after 0.3s")
@@ -198,11 +200,16 @@ def test_workers_counts_come_from_the_server(
     """A long lease: the heartbeat's copy would be 20 s old; the counts are current."""
     monkeypatch.setenv("FIFOFLOW_LEASE_SECONDS", "60")
     procs.worker(T, "--name", "w-truth")
-    wait_for(lambda: doc(run_cli("workers", "--json")), timeout=30)
+
+    def mine(done: int | None = None) -> list[dict[str, Any]]:
+        found = [w for w in doc(run_cli("workers", "--json")) if w["name"] == "w-truth"]
+        return [w for w in found if done is None or w["done"] == done]
+
+    wait_for(mine, timeout=30)
     jobs = vqueue.push_many(f"{T}:add", [{"x": i} for i in range(3)])
     assert [j.result(timeout=30) for j in jobs] == [0, 1, 2]
-    (w,) = wait_for(lambda: [w for w in doc(run_cli("workers", "--json")) if w["done"] == 3], 10)
-    assert w["name"] == "w-truth" and w["running"] == []
+    (w,) = wait_for(lambda: mine(done=3), timeout=10)  # well before the next heartbeat
+    assert w["running"] == []
 
 
 def test_defaults_from_the_environment(
@@ -218,7 +225,9 @@ def test_defaults_from_the_environment(
     assert fresh.push(f"{T}:add", {"x": 1}).to_dict()["retries"] == 7  # the API too
     fresh.close()
     procs.worker(T, "--name", "w-env")
-    (w,) = wait_for(lambda: doc(run_cli("workers", "--json")), timeout=30)
+    (w,) = wait_for(
+        lambda: [w for w in doc(run_cli("workers", "--json")) if w["name"] == "w-env"], 30
+    )
     assert w["concurrency"] == 3
 
 
