@@ -8,13 +8,15 @@ from urllib.parse import urlsplit
 
 import redis
 
-from . import server
+from . import server, topology
 from .errors import ConnectionFailed, UsageError
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
+#: Replicated deployments (``topology``): ``redis+cluster://``, ``redis+sentinel://``.
+MULTI_SCHEMES = topology.SCHEMES
 
 
 def resolve_url(url: str | None, settings: Settings | None = None) -> str:
@@ -52,9 +54,10 @@ def connect(
         scheme = urlsplit(url).scheme
     except ValueError as e:  # e.g. "Invalid IPv6 URL"; the URL may hold a password: not shown
         raise ConnectionFailed(f"invalid server URL: {e}") from None
-    if scheme not in SCHEMES:
+    if scheme not in SCHEMES and scheme not in MULTI_SCHEMES:
         raise ConnectionFailed(
-            f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss:// or unix://"
+            f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss://, unix://, "
+            "redis+cluster:// or redis+sentinel://"
         )
     options: dict[str, Any] = {
         "decode_responses": True,
@@ -66,7 +69,10 @@ def connect(
         options["socket_keepalive"] = True
     options.update(kwargs)
     try:
-        client: redis.Redis = redis.Redis.from_url(url, **options)
+        if scheme in MULTI_SCHEMES:
+            client: redis.Redis = topology.client_from_url(url, options)
+        else:
+            client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as e:
         raise ConnectionFailed(f"invalid server URL {redact(url)!r}: {e}") from None
     if check:
