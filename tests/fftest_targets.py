@@ -95,6 +95,25 @@ def fan_out(n: int) -> list[str]:
     return [job.push("fftest_targets:add", {"x": i}).id for i in range(n)]
 
 
+def cooperative(marker: str, seconds: float = 60.0) -> str:
+    """Long work that looks for a cancel between steps (and says it started)."""
+    import fifoflow
+
+    Path(marker).write_text("started")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        fifoflow.check_cancelled()
+        time.sleep(0.02)
+    return "finished"
+
+
+def stubborn(marker: str, seconds: float = 60.0) -> str:
+    """Long work that never looks for a cancel (a process slot must be terminated)."""
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"
+
+
 def _private() -> str:
     return "should never run as a job"
 

@@ -34,7 +34,7 @@ def complete(
 
 
 def extend(q: Queue, jobs: Sequence[Claimed], lease: float) -> list[str]:
-    return q.broker.extend(q.name, jobs, lease)
+    return q.broker.extend(q.name, jobs, lease)[0]  # the ids whose lease was lost
 
 
 def release(q: Queue, jobs: Sequence[Claimed]) -> int:

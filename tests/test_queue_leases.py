@@ -180,3 +180,25 @@ def test_running_jobs_are_tracked(queue: Queue) -> None:
     assert queue.stats()["running"] == 2
     assert queue.job_ids("running") == sorted(ids(held))
     assert {r["worker"] for r in queue.jobs("running")} == {"w"}
+
+
+def test_a_lost_write_never_hands_out_the_same_token_twice(queue: Queue) -> None:
+    """A server that loses its last write (appendfsync everysec and a crash, an async
+    replica promoted) forgets a claim: the job is claimable again. Its next claim must get
+    another fencing token, or the first worker's late report would pass as the second's."""
+    job = queue.push(T, {"x": 1})
+    client = queue.client
+    prefix = f"ff:{{{queue.name}}}:"
+    saved = {k: client.dump(k) for k in client.scan_iter(prefix + "*") if client.type(k) != "none"}
+    _, [first] = claim(queue, "w-1", 1, ["default"], 30)
+    # The server loses everything since `saved` (the claim): put the keys back as they were.
+    for k in client.scan_iter(prefix + "*"):
+        client.delete(k)
+    for k, payload in saved.items():
+        client.restore(k, 0, payload)
+    _, [second] = claim(queue, "w-2", 1, ["default"], 30)
+    assert second.id == first.id == job.id
+    assert second.token != first.token
+    assert complete(queue, first, "ok", "1").outcome == "stale"  # the forgotten claim
+    assert complete(queue, second, "ok", "2").outcome == "succeeded"
+    assert job.result(timeout=1) == 2

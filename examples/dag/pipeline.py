@@ -22,7 +22,7 @@ def train(lr: float, seed: int = 0) -> dict[str, Any]:
     return {"lr": lr, "loss": round(abs(lr - 0.01) * 10 + rng.random() / 10, 4)}
 
 
-def evaluate(input: dict[str, Any]) -> dict[str, Any]:  # noqa: A002 - a chain's argument
+def evaluate(input: dict[str, Any]) -> dict[str, Any]:
     """Scores the model its parent trained (a chain passes the result as `input`)."""
     return {**input, "accuracy": round(1 - input["loss"], 4)}
 

@@ -15,7 +15,7 @@ from .errors import (
     ServerOutOfMemory,
     UsageError,
 )
-from .execution import current_job, no_retry
+from .execution import Cancelled, check_cancelled, current_job, no_retry
 from .queue import Job, Queue
 from .workflows import chain
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cancelled",
     "ConnectionFailed",
     "FifoflowError",
     "Job",
@@ -38,6 +39,7 @@ __all__ = [
     "UsageError",
     "Worker",
     "chain",
+    "check_cancelled",
     "current_job",
     "no_retry",
 ]

@@ -294,14 +294,18 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
         )
         return Completion(reply[0], float(reply[1]), parse_claimed(job.queue, req.nonce, reply[2:]))
 
-    def extend(self, queue: str, jobs: Sequence[Claimed], lease: float) -> list[str]:
-        """Renew leases; returns the ids whose lease was lost to another worker."""
+    def extend(
+        self, queue: str, jobs: Sequence[Claimed], lease: float
+    ) -> tuple[list[str], list[str]]:
+        """Renew leases; returns the ids whose lease was lost to another worker, and those
+        asked to cancel."""
         if not jobs:
-            return []
+            return [], []
         args: list[Any] = [repr(lease)]
         for j in jobs:
             args += [j.id, j.token]
-        return list(self._script("extend", queue, args)[1])
+        lost, cancelled = self._script("extend", queue, args)[1]
+        return list(lost), list(cancelled)
 
     def release(self, queue: str, jobs: Sequence[Claimed], delay: float = 0.0) -> int:
         """Put claimed jobs back at their original places (after ``delay`` seconds)."""
@@ -325,7 +329,8 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
     # -- changing --------------------------------------------------------------------------
 
     def cancel(self, queue: str, job_id: str) -> str:
-        """The job's status after the call ('' if there is no such job)."""
+        """The job's status after the call ('' if there is no such job; 'cancelling' for a
+        running one: its worker stops it)."""
         return str(self._script("cancel", queue, [job_id, self.policy.ttl])[1])
 
     def requeue(self, queue: str, job_ids: Sequence[str] | None) -> list[str]:

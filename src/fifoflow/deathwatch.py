@@ -1,4 +1,6 @@
-"""Fast death detection: a worker killed outright gets its jobs back in line within about
+"""Watching other processes: fast death detection, and cancels of running jobs.
+
+Fast death detection: a worker killed outright gets its jobs back in line within about
 a second, long before their leases run out.
 
 A dead worker is usually visible at once: the server closes its connections (every
@@ -13,12 +15,14 @@ connected yet, nothing is judged).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import keys
 from .resilience import RETRYABLE
 
 if TYPE_CHECKING:
@@ -120,3 +124,39 @@ class DeathWatch:
             len(back),
             f" ({', '.join(back)})" if back else "",
         )
+
+
+class CancelWatch:
+    """Hears of running jobs cancelled (``fifoflow cancel ID``: the script publishes the id
+    on its queue's channel) and stops them here at once. The heartbeat is the backstop:
+    it reports cancelled jobs too, should a message be missed while reconnecting."""
+
+    name = "fifoflow-cancelwatch"
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+
+    def run(self) -> None:
+        w = self.w
+        channels = [keys.queue_key(q, keys.Key.CANCELS) for q in w.queues]
+        while not w.stopping.is_set():
+            pubsub = w.retry.once(lambda: self._subscribe(channels))
+            if pubsub is None:
+                w.stopping.wait(1.0)
+                continue
+            try:
+                while not w.stopping.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is not None and message.get("type") == "message":
+                        w.cancel_running(str(message["data"]))
+            except RETRYABLE as e:
+                w.health.failed(e)
+                w.stopping.wait(1.0)
+            finally:
+                with contextlib.suppress(*RETRYABLE):
+                    pubsub.close()
+
+    def _subscribe(self, channels: list[str]) -> Any:
+        pubsub = self.w.broker.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub.subscribe(*channels)
+        return pubsub

@@ -16,9 +16,10 @@ import contextvars
 import functools
 import inspect
 import json
+import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .allowlist import Resolver, TargetNotAllowed, TargetNotFound
@@ -41,6 +42,13 @@ class JobInfo:
     timeout: float | None = None
     #: The server the worker uses (None: the process's default, ``FIFOFLOW_URL``).
     url: str | None = None
+    #: Set when the job is cancelled while it runs (``fifoflow cancel ID``).
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone cancelled the job: a long target checks it and stops."""
+        return self.cancel_event.is_set()
 
     def push(self, target: str, params: dict[str, Any] | None = None, **options: Any) -> Any:
         """Push a job from inside this one (a fan-out), to this job's queue unless
@@ -69,6 +77,18 @@ _current: contextvars.ContextVar[JobInfo | None] = contextvars.ContextVar(
 def current_job() -> JobInfo | None:
     """The job being run, from inside its target (None elsewhere)."""
     return _current.get()
+
+
+class Cancelled(NoRetry):
+    """Raised by ``check_cancelled`` inside a target whose job was cancelled."""
+
+
+def check_cancelled() -> None:
+    """Inside a target: raise ``fifoflow.Cancelled`` if its job was cancelled meanwhile
+    (thread slots stop cooperatively: call this between steps of long work)."""
+    job = _current.get()
+    if job is not None and job.cancelled:
+        raise Cancelled(f"job {job.id} was cancelled")
 
 
 def run_as(job: JobInfo, fn: Callable[..., T], *args: Any) -> T:
@@ -177,12 +197,18 @@ def _never_retried(fn: Callable[..., Any] | None, exc: BaseException) -> bool:
 
 
 def execute(
-    job: Claimed, resolver: Resolver, call: Call = direct_call, url: str | None = None
+    job: Claimed,
+    resolver: Resolver,
+    call: Call = direct_call,
+    url: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> Outcome:
     """Run one attempt of ``job``; never raises (a crash of the target is its outcome).
     A gathering job gets its parents' results as ``results`` (or, in a chain, the one
     result as ``input``)."""
-    info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout, url)
+    info = JobInfo(
+        job.id, job.queue, job.target, job.attempts, job.timeout, url, cancel or threading.Event()
+    )
     extra: dict[str, str] = {}
     fn: Callable[..., Any] | None = None
     token = _current.set(info)

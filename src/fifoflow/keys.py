@@ -78,6 +78,7 @@ class Field(StrEnum):
     CHILDREN = "children"  # '1' once a job depends on it
     RESULT_TTL = "result_ttl"  # its own ttl of the finished record, if it set one
     ALIAS = "alias"  # the id its pusher chose, if any
+    CANCEL = "cancel"  # '1' once a cancel was asked while it ran: it ends cancelled
 
 
 class Key(StrEnum):
@@ -110,6 +111,7 @@ class Key(StrEnum):
     GATHERED = "gathered:"  # + id: hash, parent id -> its result, for a gathering job
     ALIASES = "aliases"  # hash, a caller-chosen id -> the job's id
     DONE = "done"  # pub/sub channel: the id of each job reaching a final status
+    CANCELS = "cancels"  # pub/sub channel: the id of each running job asked to cancel
     SCHEDULES = "schedules"  # set, the names of the queue's schedules
     SCHEDULE = "schedule:"  # + name: hash, a schedule (ScheduleField)
     ONCE = "once"  # zset, once-keys ever pushed (backfills), score = push time

@@ -64,12 +64,15 @@ class Monitor:
         running = w.slots.running()
         for q in w.queues:
             mine = [j for j in running if j.queue == q]
-            lost = w.retry.once(lambda q=q, mine=mine: w.broker.extend(q, mine, w.lease))  # type: ignore[misc]
+            reply = w.retry.once(lambda q=q, mine=mine: w.broker.extend(q, mine, w.lease))  # type: ignore[misc]
+            lost, cancelled = reply or ([], [])
             # A job that finished while the call was under way is not lost, just done.
-            for job_id in set(lost or ()) & {j.id for j in w.slots.running()}:
+            for job_id in set(lost) & {j.id for j in w.slots.running()}:
                 log.warning(
                     "job %s: lease lost to another worker; its outcome will be refused", job_id
                 )
+            for job_id in cancelled:  # the cancel watch may have missed it (a reconnect)
+                w.cancel_running(job_id)
         self.register(running)
 
     def register(self, running: list[Any] | None = None) -> None:

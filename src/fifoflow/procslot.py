@@ -9,11 +9,13 @@ allow-list before sending, so a disallowed target is never imported anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -21,6 +23,9 @@ from multiprocessing.connection import Connection
 from .allowlist import Resolver, TargetNotAllowed, check_allowed
 from .execution import execute, one_line
 from .records import Claimed, Outcome
+
+#: Seconds a cancelled job's process has between SIGTERM and SIGKILL.
+STOP_GRACE = 5.0
 
 
 def _child_main(conn: Connection, sys_path: list[str], modules: list[str], url: str | None) -> None:
@@ -64,7 +69,7 @@ class ProcessRunner:
             self._conn = parent
         return self._conn
 
-    def run(self, job: Claimed) -> Outcome:
+    def run(self, job: Claimed, cancel: threading.Event | None = None) -> Outcome:
         """The attempt's outcome; the child is killed if it overruns ``job.timeout``."""
         try:
             check_allowed(job.target, self._modules)
@@ -86,6 +91,23 @@ class ProcessRunner:
         return Outcome(
             reply["kind"], reply["payload"], reply["traceback"], dict(reply["extra"] or {})
         )
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """A cancel: SIGTERM to the child now, SIGKILL if it is still there after ``grace``
+        seconds; the slot thread sees its job's process end."""
+        proc = self._proc
+        if proc is None or proc.pid is None or not proc.is_alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        timer = threading.Timer(grace, self._kill_if, args=(proc,))
+        timer.daemon = True
+        timer.start()
+
+    def _kill_if(self, proc: multiprocessing.process.BaseProcess) -> None:
+        if proc.is_alive() and proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """Kill the child from another thread; the slot thread sees its job's process die."""

@@ -297,11 +297,14 @@ class Queue:
     # -- changing ----------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
-        """True if the job is now cancelled; False if it had already started or finished."""
+        """True if the job is now cancelled, or running and being stopped (its worker stops
+        it and records it cancelled, never retried, unless it succeeds first); False if it
+        had already finished."""
+        job_id = job_id if ID_RE.match(job_id) else self.resolve(job_id)
         status = self.broker.cancel(self.name, job_id)
         if status == "":
             raise JobNotFound(job_id)
-        return status == Status.CANCELLED
+        return status in (Status.CANCELLED, "cancelling")
 
     def dead_letters(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.jobs(Status.DEAD, limit)

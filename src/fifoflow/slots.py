@@ -42,7 +42,8 @@ class Runner(Protocol):
     #: True if the runner stops an attempt at its timeout itself (a process can be killed).
     enforces_timeout: bool
 
-    def run(self, job: Claimed) -> Outcome: ...
+    def run(self, job: Claimed, cancel: threading.Event) -> Outcome: ...
+    def stop(self) -> None: ...  # a cancel: stop the attempt now if the runner can
     def kill(self) -> None: ...
     def close(self) -> None: ...
 
@@ -57,8 +58,11 @@ class ThreadRunner:
     ) -> None:
         self.resolver, self.call, self.url = resolver, call, url
 
-    def run(self, job: Claimed) -> Outcome:
-        return execute(job, self.resolver, self.call, self.url)
+    def run(self, job: Claimed, cancel: threading.Event) -> Outcome:
+        return execute(job, self.resolver, self.call, self.url, cancel)
+
+    def stop(self) -> None:  # cooperative: the target sees current_job().cancelled
+        pass
 
     def kill(self) -> None:  # a thread cannot be killed; the monitor abandons it
         pass
@@ -76,6 +80,7 @@ class Run:
     deadline: float | None
     abandoned: bool = False
     finishing: bool = False  # its outcome is being reported
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -167,7 +172,7 @@ class Slots:
                     slot.run = run
                 if run.deadline is not None:
                     w.monitor.wake()
-                outcome = slot.runner.run(job)
+                outcome = slot.runner.run(job, run.cancel)
                 with self.lock:
                     if run.abandoned or slot.generation != gen:
                         return  # the monitor reported its timeout and replaced this thread
@@ -236,6 +241,24 @@ class Slots:
                 for s in self.slots
                 if s.run is not None and not s.run.abandoned and not s.run.finishing
             ]
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop the attempt of ``job_id`` running here: its cancel flag is set (thread
+        slots stop cooperatively) and a process slot's child is terminated."""
+        with self.lock:
+            found = [
+                s
+                for s in self.slots
+                if s.run is not None
+                and s.run.job.id == job_id
+                and not s.run.finishing
+                and not s.run.cancel.is_set()
+            ]
+            for slot in found:
+                slot.run.cancel.set()  # type: ignore[union-attr]
+        for slot in found:
+            slot.runner.stop()
+        return bool(found)
 
     def by_slot(self) -> list[tuple[str, float] | None]:
         """Per slot: (job id, when it started, Unix time) or None: for the timeline."""

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from .allowlist import Resolver, import_modules
 from .broker import Broker
-from .deathwatch import DeathWatch
+from .deathwatch import CancelWatch, DeathWatch
 from .dispatcher import Dispatcher
 from .errors import UsageError
 from .execution import Call, direct_call
@@ -123,7 +123,7 @@ class Worker:
         self.slots = Slots(self, lambda: self.make_runner(resolver))
         self.dispatcher = Dispatcher(self)
         self.monitor = Monitor(self)
-        self.services: list[Service] = [self.monitor, DeathWatch(self)]
+        self.services: list[Service] = [self.monitor, DeathWatch(self), CancelWatch(self)]
         if scheduler:  # fires the schedules of its queues (any number of workers may)
             from .scheduler import Scheduler
 
@@ -211,6 +211,15 @@ class Worker:
         if self.max_jobs is not None and self.processed >= self.max_jobs:
             log.info("worker %s: ran %d job(s) (--max-jobs); stopping", self.name, self.processed)
             self.stop()
+
+    def cancel_running(self, job_id: str) -> None:
+        """A running job was cancelled: stop its attempt here, if it runs here."""
+        if self.slots.cancel(job_id):
+            log.warning("worker %s: job %s cancelled while running; stopping it", self.name, job_id)
+            self.cancelling(job_id)
+
+    def cancelling(self, job_id: str) -> None:
+        """Called once a running job's stop began (a hook: Prefect mode cancels the run)."""
 
     def give_back(self, jobs: Sequence[Claimed], delay: float = 0.0) -> None:
         """Claimed jobs that will not run here back to their places in line."""

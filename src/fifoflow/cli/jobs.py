@@ -122,12 +122,16 @@ def job(
 
 
 def cancel(job_id: Annotated[str, typer.Argument(metavar="ID")], queue: QueueOpt = None) -> None:
-    """A queued or delayed job becomes cancelled."""
+    """A job becomes cancelled; a running one is stopped by its worker first."""
     q, record = _find_job(job_id, queue)
     if not q.cancel(job_id):
         now = q.record(job_id) or record
-        fail(f"job {job_id} is {now['status']}: only queued or delayed jobs can be cancelled", 1)
-    out.print(f"cancelled {job_id}")
+        fail(f"job {job_id} is {now['status']}: it has already finished", 1)
+    now = q.record(job_id) or record
+    if now["status"] == "running":
+        out.print(f"cancelling {job_id}: its worker stops it, then it is cancelled")
+    else:
+        out.print(f"cancelled {job_id}")
 
 
 def _health(w: dict[str, Any]) -> str:

@@ -180,13 +180,16 @@ local function lose(P, id, now, policy)
   local jk = job_key(P, id)
   redis.call('ZREM', P .. K.running, id)
   local f = read(jk, F.pool, F.priority, F.worker, F.lost, F.max_lost, F.key, F.target,
-    F.started_at, F.result_ttl, F.children)
+    F.started_at, F.result_ttl, F.children, F.cancel)
   if not f.pool then return end
   local lost = (tonumber(f.lost) or 0) + 1
   local limit = tonumber(f.max_lost) or policy.max_lost
   count(P, E.lost, f.pool)
   timeline(P, id, f, '', now, E.lost)
-  if lost > limit then
+  if f.cancel == '1' then  -- asked to cancel while it ran: it ends so, not back in line
+    finish(P, id, S.cancelled, now, policy.ttl, f, {F.lost, lost, F.worker, ''})
+    count(P, E.cancelled, f.pool)
+  elseif lost > limit then
     local reason = 'WorkerLost: lost its worker ' .. lost .. ' times (last: ' ..
       (f.worker or '?') .. ')'
     finish(P, id, S.dead, now, policy.ttl, f, {F.lost, lost, F.error, reason, F.worker, ''})

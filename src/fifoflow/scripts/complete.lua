@@ -12,7 +12,7 @@
 -- ARGV[10] the worker's slot that ran it ('' if none): for the timeline
 -- ARGV[11..] the claim request for the slot's next job (N = 0: none), as in claim.lua
 -- Returns  {outcome, next_event_seconds, claimed jobs (7 fields each)...}
---          outcome: 'succeeded' | 'retry' | 'dead' | 'stale'
+--          outcome: 'succeeded' | 'retry' | 'dead' | 'cancelled' | 'stale'
 local P = KEYS[1]
 local job_id, token, outcome, payload, tb, extra = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   ARGV[5], ARGV[6]
@@ -23,7 +23,7 @@ local jk = job_key(P, job_id)
 local now = now_s()
 
 local cur = read(jk, F.token, F.status, F.retries, F.key, F.failures, F.pool, F.done,
-  F.started_at, F.target, F.worker, F.result_ttl, F.children)
+  F.started_at, F.target, F.worker, F.result_ttl, F.children, F.cancel)
 local result = 'stale'
 local wake_after = nil  -- a retry due before anything else: wake a worker at the end
 if cur.token == token and cur.status == S.running and token ~= '' then
@@ -46,6 +46,14 @@ if cur.token == token and cur.status == S.running and token ~= '' then
     if cur.failures then redis.call('HDEL', jk, F.error, F.traceback) end
     finish(P, job_id, S.succeeded, now, req.policy.ttl, cur, fields)
     count(P, E.succeeded, cur.pool)
+  elseif cur.cancel == '1' then  -- asked to cancel: stopped, recorded cancelled, no retry
+    result = S.cancelled
+    for _, v in ipairs({F.error, 'Cancelled: ' .. payload, F.traceback, tb,
+        F.done, token .. '|' .. result}) do
+      fields[#fields + 1] = v
+    end
+    finish(P, job_id, S.cancelled, now, req.policy.ttl, cur, fields)
+    count(P, E.cancelled, cur.pool)
   else
     local failures = (tonumber(cur.failures) or 0) + 1
     local retry = outcome == 'fail' and failures <= tonumber(cur.retries or '0')
