@@ -199,13 +199,21 @@ class Topology:
             return  # Sentinel: a new connection asks the sentinels again
         with contextlib.suppress(RedisClusterException, redis.RedisError):
             if isinstance(error, MovedError | AskError):
-                self.client.nodes_manager.initialize(
-                    additional_startup_nodes_info=[(error.host, error.port)]
-                )
+                _refresh(self.client, additional_startup_nodes_info=[(error.host, error.port)])
             elif queue is not None:
-                self.client.nodes_manager.initialize(last_failed_node_name=self.node(queue))
+                _refresh(self.client, last_failed_node_name=self.node(queue))
             else:
-                self.client.nodes_manager.initialize()
+                _refresh(self.client)
+
+
+def _refresh(client: Any, **hints: Any) -> None:
+    """Ask the cluster where its slots live now (``hints``: where to ask first, for the
+    redis-py versions whose ``initialize`` takes them; older ones ask every known node)."""
+    manager = client.nodes_manager
+    try:
+        manager.initialize(**hints)
+    except TypeError:
+        manager.initialize()
 
 
 class Lane:
