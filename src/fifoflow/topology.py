@@ -154,13 +154,20 @@ class Topology:
         return self.cluster or self.sentinel
 
     def _node(self, queue: str) -> Any:
-        slot = self._slots.get(queue)
-        if slot is None:
-            slot = self._slots[queue] = self.client.keyslot(keys.prefix(queue))
         try:
-            return self.client.nodes_manager.get_node_from_slot(slot)
+            return self.client.nodes_manager.get_node_from_slot(self._slot(queue))
         except SlotNotCoveredError as e:  # mid-failover: a server error like any other
             raise ClusterDownError(str(e)) from None
+
+    def same_slot(self, a: str, b: str) -> bool:
+        """Whether two queues share one hash slot (one script may touch both)."""
+        return a == b or (self._slot(a) == self._slot(b))
+
+    def _slot(self, queue: str) -> int:
+        slot = self._slots.get(queue)
+        if slot is None:
+            slot = self._slots[queue] = int(self.client.keyslot(keys.prefix(queue)))
+        return slot
 
     def node(self, queue: str) -> str:
         """The name (``host:port``) of the node holding the queue ('' off a cluster)."""
