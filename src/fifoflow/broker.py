@@ -185,7 +185,7 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
                 if conn is not None and c is not None and isinstance(e, LOST):
                     conn.broken(c)
                 self.topology.failed(queue, e)
-                resend = isinstance(e, LOST | NotReplicated)
+                resend = isinstance(e, (*LOST, NotReplicated))
                 pause = next(pauses, None) if resend or self.failover_seconds > 0 else None
                 if pause is None or before:
                     raise

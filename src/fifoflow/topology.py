@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
@@ -32,6 +32,8 @@ from redis.sentinel import Sentinel
 from . import keys
 from .errors import ConnectionFailed
 from .settings import Settings
+
+T = TypeVar("T")
 
 #: Re-sends of a call whose reply may have been lost, and the pause before each.
 RESENDS = (0.05, 0.25, 1.0)
@@ -59,6 +61,21 @@ def resend_pauses(window: float) -> Iterator[float]:
     while (left := end - time.monotonic()) > 0:
         yield min(pause, left)
         pause = min(pause * 2, 1.0)
+
+
+def ride(topology: Topology, window: float, call: Callable[[], T]) -> T:
+    """A plain idempotent command (not a script), sent again while its node fails over:
+    routing refreshed after each error, pauses as ``resend_pauses(window)``."""
+    pauses = resend_pauses(window)
+    while True:
+        try:
+            return call()
+        except (*TRANSIENT, RedisClusterException) as e:
+            topology.failed(None, e)
+            pause = next(pauses, None)
+            if pause is None:
+                raise
+            time.sleep(pause)
 
 
 def replica_wait(settings: Settings) -> tuple[tuple[Any, ...], ...]:
