@@ -139,10 +139,11 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
         finally:
             pool.release(conn)
 
-    def lane(self) -> Lane:
-        """Connections of the caller's own, one per node (a worker slot's, the
-        dispatcher's); pass it as ``conn`` to the calls that take one."""
-        return Lane(self.topology)
+    def lane(self, per_slot: bool = False) -> Lane:
+        """Connections of the caller's own, one per node (``per_slot``: per queue on a
+        cluster) for a worker slot, the dispatcher; pass it as ``conn`` to the calls
+        that take one."""
+        return Lane(self.topology, per_slot)
 
     def _script(
         self,

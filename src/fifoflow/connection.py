@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,12 +30,19 @@ def resolve_url(url: str | None, settings: Settings | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its passwords (the server's, and a ``sentinel_password`` or any
+    other ``*password`` query option), for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.password is None and "password" not in parts.query.lower():
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if "@" in parts.netloc:
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, colon, _ = auth.partition(":")
+        parts = parts._replace(netloc=f"{user}{colon and ':***'}@{hosts}")
+    if "password" in parts.query.lower():
+        query = re.sub(r"([^&=]*password[^&=]*)=[^&]*", r"\1=***", parts.query, flags=re.I)
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def connect(

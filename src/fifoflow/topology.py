@@ -242,14 +242,21 @@ def _refresh(client: Any, **hints: Any) -> None:
 
 class Lane:
     """Connections that one caller keeps for itself (a worker slot's, the dispatcher's
-    blocking ones): one per node, taken from that node's pool on first use."""
+    blocking ones): one per node, taken from that node's pool on first use; with
+    ``per_slot``, one per queue on a cluster (a ``BLPOP`` may only name keys of one hash
+    slot, so each queue's wait needs its own connection)."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, per_slot: bool = False) -> None:
         self.topology = topology
+        self.per_slot = per_slot and topology.cluster
         self._conns: dict[str, tuple[redis.ConnectionPool, redis.Connection]] = {}
 
-    def get(self, queue: str) -> redis.Connection:
+    def key(self, queue: str) -> str:
         node = self.topology.node(queue)
+        return f"{node}/{queue}" if self.per_slot else node
+
+    def get(self, queue: str) -> redis.Connection:
+        node = self.key(queue)
         held = self._conns.get(node)
         if held is None:
             pool = self.topology.pool(queue)

@@ -1,17 +1,18 @@
 """The dispatcher's idle wait: ``BLPOP`` on the wake lists of every queue and pool the
-worker serves, on connections of its own (a ``Lane``: one per node).
+worker serves, on connections of its own (a ``Lane``).
 
-A ``BLPOP`` can wait only on keys of its own node, and a script pipelined behind it runs
-on that node. So the wake lists are grouped by the node that holds them (one group on a
-single server, under Sentinel, or on a cluster when all the worker's queues live on one
-node). The first queue's group gets its ``BLPOP`` with the first queue's claim pipelined
-behind it: a push there reaches an idle slot in one server hop. Every other group gets a
-plain ``BLPOP`` on its node, sent at the same time; the first reply from any node ends
-the wait: the others are ended with ``CLIENT UNBLOCK`` on their nodes and read, and the
-tokens they took are returned, so the dispatcher claims queue by queue as usual (two hops
-for a push to a queue of another node) and hands back the tokens of queues it did not
-claim from. A node that cannot be reached is left out of a wait (noted once per episode,
-tried again within a second): a failing-over master holds up none of the others.
+On a cluster a ``BLPOP`` can wait only on keys of one hash slot, and a script pipelined
+behind it runs on that slot's node. So the wake lists are grouped: one group on a single
+server or under Sentinel, one per queue on a cluster (a queue is one slot), each group on
+a connection of its own. The first queue's group gets its ``BLPOP`` with the first
+queue's claim pipelined behind it: a push there reaches an idle slot in one server hop.
+Every other group gets a plain ``BLPOP``, sent at the same time; the first reply from any
+of them ends the wait: the others are ended with ``CLIENT UNBLOCK`` on their nodes and
+read, and the tokens they took are returned, so the dispatcher claims queue by queue as
+usual (two hops for a push to a queue of another group) and hands back the tokens of
+queues it did not claim from. A node that cannot be reached is left out of a wait (noted
+once per episode, tried again within a second): a failing-over master holds up none of
+the others.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ RETRY_NODE = 1.0
 class Wakeups:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
-        self.lane = worker.broker.lane()
+        self.lane = worker.broker.lane(per_slot=True)
         #: The lane's connections this wait watches: id -> (the connection, a queue on its
         #: node, its CLIENT ID, which UNBLOCK names; refreshed on every reconnect).
         self._known: dict[int, tuple[redis.Connection, str, int | None]] = {}
@@ -64,12 +65,13 @@ class Wakeups:
         self._known[id(conn)] = (conn, queue, client_id)
 
     def groups(self) -> dict[str, tuple[str, list[str]]]:
-        """node -> (a queue on it, the wake lists on it); the first queue's node first."""
-        w, topology = self.w, self.w.broker.topology
+        """connection -> (a queue, the wake lists it waits on); the first queue's first.
+        One group on a single server; one per queue on a cluster (one hash slot each)."""
+        w = self.w
         out: dict[str, tuple[str, list[str]]] = {}
         for q in w.queues:
-            node = topology.node(q)
-            out.setdefault(node, (q, []))[1].extend(keys.wake(q, p) for p in w.pools)
+            group = self.lane.key(q)
+            out.setdefault(group, (q, []))[1].extend(keys.wake(q, p) for p in w.pools)
         return out
 
     # -- waiting --------------------------------------------------------------------------
