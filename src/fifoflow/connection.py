@@ -65,7 +65,7 @@ def connect(
     if scheme not in SCHEMES and scheme not in MULTI_SCHEMES:
         raise ConnectionFailed(
             f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss://, unix://, "
-            "redis+cluster:// or redis+sentinel://"
+            "redis+cluster://, redis+sentinel:// (or rediss+ either, over TLS)"
         )
     options: dict[str, Any] = {
         "decode_responses": True,

@@ -4,10 +4,11 @@ slot, on one master, and many queues spread over the masters).
 
 ``client_from_url`` turns ``redis+cluster://[user:pass@]host:port[,host:port...]`` into a
 ``RedisCluster`` and ``redis+sentinel://[user:pass@]host:port[,...]/SERVICE[/DB]`` into a
-client of the primary Sentinel names (re-asked on every new connection, so a reconnect after
-a failover finds the new primary). ``Topology`` routes a queue to the connection pool of the
-node that holds its slot and refreshes the routing after MOVED, a lost node, READONLY;
-``Lane`` keeps a caller's own connections, one per node it talks to.
+client of the primary Sentinel names, re-asked on every new connection, so a reconnect
+after a failover finds the new primary (``rediss+...``: either over TLS). ``Topology``
+routes a queue to the connection pool of the node that holds its slot and refreshes the
+routing after MOVED, a lost node, READONLY; ``Lane`` keeps a caller's own connections,
+one per node (or per queue); ``ride`` re-sends a plain command through a failover.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ T = TypeVar("T")
 RESENDS = (0.05, 0.25, 1.0)
 CLUSTER = "redis+cluster"
 SENTINEL = "redis+sentinel"
-SCHEMES = (CLUSTER, SENTINEL)
+#: ``rediss+...``: the same over TLS (``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_certfile``
+#: and ``ssl_keyfile`` query options as with ``rediss://``).
+SCHEMES = (CLUSTER, SENTINEL, "rediss+cluster", "rediss+sentinel")
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile")
 #: Errors after which a node's routing may have changed (a failover, a resharding).
 REROUTE = (redis.ConnectionError, redis.TimeoutError, MovedError, AskError, redis.ReadOnlyError)
 #: Errors that say "not now" during a failover: wait, then send again.
@@ -127,7 +131,15 @@ def client_from_url(url: str, options: dict[str, Any]) -> Any:
         options["username"] = user
     if password:
         options["password"] = password
-    if parts.scheme == CLUSTER:
+    if parts.scheme.startswith("rediss+"):
+        options["ssl"] = True
+        options.update({k: v for k, v in query.items() if k in TLS_OPTIONS})
+    unknown = sorted(set(query) - {*TLS_OPTIONS, "sentinel_password"})
+    if unknown:
+        raise ConnectionFailed(
+            f"invalid server URL {_safe(url)!r}: unknown option(s) {', '.join(unknown)}"
+        )
+    if parts.scheme.endswith("+cluster"):
         try:
             return RedisCluster(
                 startup_nodes=[ClusterNode(h, p) for h, p in hosts],  # type: ignore[no-untyped-call]
@@ -143,7 +155,9 @@ def client_from_url(url: str, options: dict[str, Any]) -> Any:
             f"invalid server URL {_safe(url)!r}: a Sentinel URL ends with /SERVICE (or /SERVICE/DB)"
         )
     sentinel_kwargs: dict[str, Any] = {
-        k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
+        k: options[k]
+        for k in ("socket_timeout", "socket_connect_timeout", "ssl", *TLS_OPTIONS)
+        if k in options
     }
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"]
