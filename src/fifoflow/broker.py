@@ -180,7 +180,8 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
                 if after and not replicated_ok(replies[-1]):
                     raise NotReplicated(
                         f"{name}: no replica confirmed it within {self._after[0][2]} ms "
-                        "(applied on the primary; not acknowledged)"
+                        "(applied on the primary, not acknowledged; durability is replicated: "
+                        "give the primary a replica, or set FIFOFLOW_DURABILITY=local)"
                     )
             except (*LOST, *TRANSIENT, NotReplicated) as e:
                 if conn is not None and c is not None and isinstance(e, LOST):
