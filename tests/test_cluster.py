@@ -111,3 +111,23 @@ def test_a_cluster_url_reaches_every_master(cluster: Any) -> None:
         client.close()
     with pytest.raises(redis.RedisError):
         redis.Redis(port=cluster.nodes[0].port).set("{elsewhere}x", "1")  # plain: MOVED
+
+
+def test_each_master_loads_the_function_library_on_first_use(cluster: Any) -> None:
+    """A master without fifoflow's functions (new, emptied, or a replica promoted before
+    they reached it) gets them on its first call, with the call then answered."""
+    queues = cluster.queues_on_every_master(1, f"fl-{time.monotonic_ns() % 10**8}-")
+    for name in queues:
+        node = cluster.node(cluster.master_of(name)).client()
+        try:
+            node.execute_command("FUNCTION", "FLUSH", "SYNC")
+            assert node.execute_command("FUNCTION", "LIST") == []
+            q = Queue(name, url=cluster.url)
+            try:
+                job = q.push("m:f", {"n": 1})
+                assert job.status == "queued"
+            finally:
+                q.close()
+            assert len(node.execute_command("FUNCTION", "LIST")) == 1
+        finally:
+            node.close()
