@@ -93,13 +93,13 @@ def test_a_changed_tail_or_a_resent_batch_moves_nothing(vqueue: Queue) -> None:
     r.lpush(source, *[json.dumps({"i": i}) for i in range(5)])
     bridge = Bridge(vqueue, source, TARGET, batch=3)
     broker = vqueue.broker
-    items = broker.list_tail(source, 3)
+    items = broker.list_tail(vqueue.name, source, 3)
     assert [json.loads(i) for i in items] == [{"i": 0}, {"i": 1}, {"i": 2}]
     verdicts = [(True, i.decode()) for i in items]
     r.rpop(source)  # another consumer took the oldest meanwhile
     assert broker.bridge(vqueue.name, source, bridge.spec, items, verdicts) is None
     assert (r.llen(source), len(vqueue.job_ids())) == (4, 0)  # nothing changed
-    items = broker.list_tail(source, 3)
+    items = broker.list_tail(vqueue.name, source, 3)
     verdicts = [(True, i.decode()) for i in items]
     assert broker.bridge(vqueue.name, source, bridge.spec, items, verdicts) == (3, 0)
     # the same batch sent again (its reply lost): the tail moved on, nothing twice

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import keys
 from .errors import QueueFull, UsageError
 from .queue import Queue
 from .records import PushSpec
@@ -95,6 +96,14 @@ class Bridge:
             raise UsageError("the source list's name must be 1-512 characters")
         if not 1 <= integer("batch", batch) <= MAX_BATCH:
             raise UsageError(f"batch must be 1-{MAX_BATCH}, not {batch}")
+        topology = queue.broker.topology
+        if topology.cluster and int(topology.client.keyslot(source)) != int(
+            topology.client.keyslot(keys.prefix(queue.name))
+        ):  # one script moves the items: the list must live in the queue's hash slot
+            raise UsageError(
+                f"on a cluster the list must share the queue's hash tag: name it like "
+                f"'{{{queue.name}}}{source}' ({source!r} is in another hash slot)"
+            )
         self.queue, self.source, self.batch = queue, source, batch
         settings = queue.settings
         self.spec = PushSpec(
@@ -115,7 +124,7 @@ class Bridge:
         """Move one batch: (moved, rejected), (0, 0) if the list is empty, None if the list
         changed under it (another consumer: read again). Raises ``QueueFull``."""
         broker = self.queue.broker
-        items = broker.list_tail(self.source, self.batch)
+        items = broker.list_tail(self.queue.name, self.source, self.batch)
         if not items:
             return 0, 0
         now = time.time()

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .keys import Key
 from .records import Pushed, PushSpec, nonce
+from .topology import Topology, ride
 
 #: Jobs per script call of a push; a push of more is staged and committed at once.
 BATCH = 5000
@@ -31,8 +32,10 @@ class Producing:
     client: redis.Redis
     policy: Any  # broker.Policy
     _registered: set[str]
+    topology: Topology
+    failover_seconds: float
     _script: Callable[..., tuple[list[Any], Any]]
-    connection: Callable[[], AbstractContextManager[redis.Connection]]
+    connection: Callable[[str], AbstractContextManager[redis.Connection]]
 
     def push(
         self,
@@ -74,7 +77,7 @@ class Producing:
         if queue in self._registered:
             return
         try:
-            self.client.sadd(keys.QUEUES, queue)
+            ride(self.topology, self.failover_seconds, lambda: self.client.sadd(keys.QUEUES, queue))
         except redis.ResponseError as e:
             if is_oom(e):
                 raise ServerOutOfMemory(out_of_memory("push")) from None
@@ -93,10 +96,11 @@ class Producing:
             Pushed(reply[i], reply[i + 1] == "1", reply[i + 2]) for i in range(1, len(reply), 3)
         ]
 
-    def list_tail(self, source: str, n: int) -> list[bytes]:
+    def list_tail(self, queue: str, source: str, n: int) -> list[bytes]:
         """The last ``n`` items of a raw list (its oldest, for LPUSH producers), oldest
-        first, as bytes: they need not be text."""
-        with self.connection() as conn:
+        first, as bytes: they need not be text. Read on the queue's node (on a cluster the
+        list must share the queue's hash tag)."""
+        with self.connection(queue) as conn:
             conn.send_command("LRANGE", source, -n, -1)  # type: ignore[no-untyped-call]
             items = conn.read_response(disable_decoding=True)
         return [bytes(i) for i in reversed(items or [])]

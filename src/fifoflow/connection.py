@@ -9,14 +9,15 @@ from urllib.parse import urlsplit
 
 import redis
 
-from . import server
+from . import server, topology
 from .errors import BadServerURL, ConnectionFailed, UsageError
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
-PASSWORD_QUERY = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
+#: Replicated deployments (``topology``): ``redis+cluster://``, ``redis+sentinel://``.
+MULTI_SCHEMES = topology.SCHEMES
 
 
 def resolve_url(url: str | None, settings: Settings | None = None) -> str:
@@ -30,19 +31,23 @@ def resolve_url(url: str | None, settings: Settings | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password (``redis://:***@host``), for messages and logs: the
-    one in the user part and a ``password=`` query parameter alike."""
+    """The URL without its passwords (the server's, and a ``sentinel_password`` or any
+    other ``*password`` query option), for messages and logs: ``redis://:***@host``."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:  # unparsable: show the scheme at most
         return url.split("://", 1)[0] + "://***" if "://" in url else "***"
-    if password is not None:
-        user, _, host = parts.netloc.rpartition("@")
-        url = url.replace(parts.netloc, user.split(":", 1)[0] + ":***@" + host, 1)
-    if parts.query:
-        url = url.replace("?" + parts.query, "?" + PASSWORD_QUERY.sub(r"\1***", parts.query), 1)
-    return url
+    if password is None and "password" not in parts.query.lower():
+        return url
+    if "@" in parts.netloc:
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, colon, _ = auth.partition(":")
+        parts = parts._replace(netloc=f"{user}{colon and ':***'}@{hosts}")
+    if "password" in parts.query.lower():
+        query = re.sub(r"([^&=]*password[^&=]*)=[^&]*", r"\1=***", parts.query, flags=re.I)
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def connect(
@@ -62,9 +67,10 @@ def connect(
         scheme = urlsplit(url).scheme
     except ValueError as e:  # e.g. "Invalid IPv6 URL"; the URL may hold a password: not shown
         raise BadServerURL(f"invalid server URL: {e}") from None
-    if scheme not in SCHEMES:
+    if scheme not in SCHEMES and scheme not in MULTI_SCHEMES:
         raise BadServerURL(
-            f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss:// or unix://"
+            f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss://, unix://, "
+            "redis+cluster://, redis+sentinel:// (or rediss+ either, over TLS)"
         )
     options: dict[str, Any] = {
         "decode_responses": True,
@@ -76,7 +82,10 @@ def connect(
         options["socket_keepalive"] = True
     options.update(kwargs)
     try:
-        client: redis.Redis = redis.Redis.from_url(url, **options)
+        if scheme in MULTI_SCHEMES:
+            client: redis.Redis = topology.client_from_url(url, options)
+        else:
+            client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as e:
         raise BadServerURL(f"invalid server URL {redact(url)!r}: {e}") from None
     if check:

@@ -4,7 +4,8 @@
 -- list), so a bridge that dies at any point loses and duplicates nothing. The caller read
 -- and checked the items first; the list's tail must still be those very items (a digest),
 -- else nothing changes. The two lists lie outside the queue's hash tag: on one server any
--- key may be touched; on Redis Cluster they must share the queue's tag (docs/bridge.md).
+-- key may be touched; on Redis Cluster they must share the queue's tag (Bridge checks;
+-- docs/ways-in.md).
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- ARGV[1]  the source list          ARGV[2] its rejected list (entries: JSON with a reason)
 -- ARGV[3]  sha1 of the list's last N items as LRANGE lists them, each as 'LENGTH:ITEM'
