@@ -8,9 +8,8 @@ typed records (``records.py``); neither ``Queue`` nor the worker builds a comman
 Pushes, claims and reports carry a nonce (claims: the fencing token), so a call whose
 reply was lost (a connection error or a socket timeout) is simply sent again: the server
 recognises it and answers as the first time, without doing it twice. Reads (counts,
-records) live in ``BrokerReads``, listings in ``Pages``, pushes in ``Producing``,
-schedules and pushes that happen once in ``Scheduling``, the worker registry in
-``WorkerRegistry``.
+records) in ``BrokerReads``, listings in ``Pages``, pushes in ``Producing``, schedules and
+once-only pushes in ``Scheduling``, the worker registry in ``WorkerRegistry``.
 """
 
 from __future__ import annotations
