@@ -168,6 +168,7 @@ CLI_CASES = [
     pytest.param(["status"], 1, "cannot reach the server at redis://:***@127.0.0.1:1", None, None, {"FIFOFLOW_URL": "redis://:hunter2@127.0.0.1:1"}, id="url-unreachable-password-hidden"),
     pytest.param(["status"], 1, "cannot reach the server at redis://127.0.0.1:1", None, None, {"FIFOFLOW_URL": "", "REDIS_URL": "redis://127.0.0.1:1"}, id="redis-url-when-fifoflow-url-unset"),
     pytest.param(["status"], 2, "invalid server URL 'http://x'", None, None, {"FIFOFLOW_URL": "http://x"}, id="url-http"),
+    pytest.param(["status"], 2, "error: invalid server URL 'redis+cluster://:***@host': each node must be HOST:PORT", None, None, {"FIFOFLOW_URL": "redis+cluster://:pw@host"}, id="url-cluster-bad-node"),
     pytest.param(["status"], 2, "invalid server URL", None, None, {"FIFOFLOW_URL": "redis://:notaport"}, id="url-bad-port"),
     pytest.param(["status"], 2, "invalid server URL", None, None, {"FIFOFLOW_URL": "redis://[::1"}, id="url-broken-ipv6"),
     pytest.param(["status"], 2, "invalid server URL", None, None, {"FIFOFLOW_URL": "localhost:6379"}, id="url-no-scheme"),

@@ -86,6 +86,8 @@ def connect(
             client: redis.Redis = topology.client_from_url(url, options)
         else:
             client = redis.Redis.from_url(url, **options)
+    except ConnectionFailed:  # topology's own one line
+        raise
     except (ValueError, TypeError) as e:
         raise BadServerURL(f"invalid server URL {redact(url)!r}: {e}") from None
     if check:
