@@ -14,6 +14,7 @@ and jobs still running then go back in line.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -48,6 +49,9 @@ def fifoflow_dispatcher(
     workdir: str | None = None,
 ) -> int:
     """A fifoflow worker working its queues as this flow run (a deployed dispatcher)."""
+    if not logging.getLogger().handlers:  # fifoflow's lines in the run's process output
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        logging.basicConfig(level=logging.INFO, format=fmt)
     if workdir and workdir not in sys.path:  # the jobs' modules, as on the deploying host
         sys.path.insert(0, workdir)
     worker = PrefectWorker(

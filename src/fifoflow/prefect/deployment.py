@@ -58,6 +58,8 @@ START_TIMEOUT = 300.0
 #: attempt ends cancelled anyway.
 CANCELLING_WAIT = 60.0
 WAITING_TYPES = (StateType.SCHEDULED, StateType.PENDING)
+#: How the message of a run cancelled for its start timeout begins.
+START_TIMEOUT_MARK = "start timeout: "
 
 
 class StartTimeout(RuntimeError):
@@ -185,9 +187,9 @@ class DeploymentRuns:
         if going:
             return going[0]
         last = runs[0].state if runs else None
-        return (
-            runs[0] if last is not None and (last.is_completed() or last.is_cancelled()) else None
-        )
+        if last is None or (last.message or "").startswith(START_TIMEOUT_MARK):
+            return None  # a run this worker gave up on is nobody's run
+        return runs[0] if last.is_completed() or last.is_cancelled() else None
 
     def _wait(self, client: SyncPrefectClient, job: JobInfo, run: FlowRun) -> FlowRun:
         """Until the run is final; cancels it on a fifoflow cancel, a start timeout or the
@@ -228,7 +230,7 @@ class DeploymentRuns:
 
     def _start_timed_out(self, client: SyncPrefectClient, run_id: UUID, state: str) -> None:
         reason = (
-            f"flow run {run_id} of {self.name} was not started within "
+            f"{START_TIMEOUT_MARK}flow run {run_id} of {self.name} was not started within "
             f"{self.start_timeout:g}s (still {state}): no worker of its work pool picked it up"
         )
         # Cancelled, so that a pool worker that turns up later does not start it after all.
