@@ -62,7 +62,7 @@ def held(marker: str, hold: str) -> str:
 @dataclass
 class PrefectSetup:
     api: str  # PREFECT_API_URL
-    env: dict[str, str]  # for every subprocess
+    env: dict[str, str]  # what every subprocess gets on top of the test's environment
     src: Path  # the deployed flow's source folder (also on the workers' PYTHONPATH)
     client: Any
     pool: str = "ffpool"
@@ -104,8 +104,7 @@ def prefect_setup() -> Iterator[PrefectSetup]:
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     tests = str(Path(__file__).parent)
-    env = {
-        **os.environ,
+    overrides = {
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -114,6 +113,7 @@ def prefect_setup() -> Iterator[PrefectSetup]:
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
         "PYTHONPATH": os.pathsep.join([str(src), tests, os.environ.get("PYTHONPATH", "")]),
     }
+    env = {**os.environ, **overrides}
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
     procs: list[subprocess.Popen[Any]] = []
     server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
@@ -175,7 +175,7 @@ def prefect_setup() -> Iterator[PrefectSetup]:
             temporary_settings(updates={PREFECT_API_URL: api}),
             get_client(sync_client=True) as client,
         ):
-            yield PrefectSetup(api, env, src, client)
+            yield PrefectSetup(api, overrides, src, client)
     finally:
         for p in reversed(procs):
             _stop(p)
@@ -357,7 +357,7 @@ def test_cancels_both_ways_in_local_mode(
 
 
 def test_fifoflow_deploy_runs_the_dispatcher_and_a_cancel_drains_it(
-    prefect_setup: PrefectSetup, vqueue: Queue, procs: Processes, tmp_path: Path
+    prefect_setup: PrefectSetup, vqueue: Queue, url: str, tmp_path: Path
 ) -> None:
     from prefect.states import Cancelling
 
@@ -368,14 +368,16 @@ def test_fifoflow_deploy_runs_the_dispatcher_and_a_cancel_drains_it(
     name = f"disp-{vqueue.name}"
     r = subprocess.run(
         [sys.executable, "-m", "fifoflow", "deploy", "ffdep_flows", "--name", name,
-         "--pool", ps.pool, "--queue", vqueue.name, "-c", "1", "--grace", "20"],
-        env=ps.env, cwd=str(ps.src), capture_output=True, text=True, timeout=120,
+         "--pool", ps.pool, "--queue", vqueue.name, "-c", "1", "--grace", "20",
+         "--url", url],
+        env={**os.environ, **ps.env}, cwd=str(ps.src), capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"fifoflow-dispatcher/{name}" in r.stdout
     r = subprocess.run(
         [sys.executable, "-m", "prefect", "deployment", "run", f"fifoflow-dispatcher/{name}"],
-        env=ps.env, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **ps.env}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     wait_for(marker.exists, timeout=150, interval=0.2)  # the deployed dispatcher runs a job

@@ -50,8 +50,8 @@ def fifoflow_dispatcher(
 ) -> int:
     """A fifoflow worker working its queues as this flow run (a deployed dispatcher)."""
     if not logging.getLogger().handlers:  # fifoflow's lines in the run's process output
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-        logging.basicConfig(level=logging.INFO, format=fmt)
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fifoflow").setLevel(logging.INFO)
     if workdir and workdir not in sys.path:  # the jobs' modules, as on the deploying host
         sys.path.insert(0, workdir)
     worker = PrefectWorker(
