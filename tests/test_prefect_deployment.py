@@ -205,6 +205,13 @@ def runs_named(ps: PrefectSetup, name: str) -> list[Any]:
     )
 
 
+def log_lines(ps: PrefectSetup, run_id: Any) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = ps.client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return [log.message for log in logs]
+
+
 def state_of(ps: PrefectSetup, run_id: Any) -> str:
     return str(ps.client.read_flow_run(run_id).state.type.value)
 
@@ -303,6 +310,23 @@ def test_a_run_that_no_pool_worker_starts_hits_the_start_timeout(
     assert "was not started within 2s" in rec["error"] and "work pool" in rec["error"]
     runs = runs_of(ps, job.id)
     assert [r.state.name for r in runs] == ["Cancelled", "Cancelled"]  # never started later
+    # Bad input: one line, exit 2.
+    r = run_cli("worker", "ffdep_flows", "--prefect", "--deployment", "ffdep-work/nope",
+                "--burst", env=ps.env)  # fmt: skip
+    assert r.returncode == 2 and "no Prefect deployment 'ffdep-work/nope'" in r.stderr, r.stderr
+    r = run_cli("deploy", "ffdep_flows", "--name", "x", "--pool", "nopool", env=ps.env)
+    assert r.returncode == 2 and "no Prefect work pool 'nopool'" in r.stderr, r.stderr
+
+
+def test_deployment_options_bad_input() -> None:
+    for args, says in [
+        (["--deployment", "f/d"], "need --prefect"),
+        (["--prefect", "--deployment", "no-slash"], "FLOW/DEPLOYMENT"),
+        (["--prefect", "--deployment", "f/d", "--start-timeout", "0"], "--start-timeout"),
+    ]:
+        r = run_cli("worker", "fftest_targets", *args, "--burst")
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_cancels_both_ways_in_deployment_mode(
@@ -389,10 +413,15 @@ def test_fifoflow_deploy_runs_the_dispatcher_and_a_cancel_drains_it(
         dispatcher.deployment_id
         == ps.client.read_deployment_by_name(f"fifoflow-dispatcher/{name}").id
     )
-    # A cancel from the UI: the dispatcher stops claiming, its running job finishes.
+    # A cancel from the UI: the dispatcher stops claiming (it says so on its run) and its
+    # running job finishes; the job behind it is never claimed.
     ps.client.set_flow_run_state(dispatcher.id, Cancelling(message="from the UI"))
-    wait_for(lambda: ps.client.read_flow_run(dispatcher.id).state.type.value != "RUNNING",
-             timeout=30)  # fmt: skip
+
+    def draining() -> bool:
+        return any("stopping; no new claims" in m for m in log_lines(ps, dispatcher.id))
+
+    wait_for(draining, timeout=60, interval=0.5)
+    assert not ps.client.read_flow_run(dispatcher.id).state.is_final()  # still draining
     hold.write_text("go")
     wait_for(lambda: ps.client.read_flow_run(dispatcher.id).state.is_final(), timeout=120,
              interval=0.5)  # fmt: skip

@@ -20,11 +20,12 @@ import sys
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import flow
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
-from ..errors import UsageError
+from ..errors import FifoflowError, UsageError
 from ..validation import validate_module, validate_name
 from .client import api_client, patient_startup
 from .deployment import START_TIMEOUT, check_name
@@ -101,6 +102,8 @@ def deploy(
     with patient_startup(), api_client() as client:
         try:
             client.read_work_pool(work_pool)
+        except httpx.HTTPError as e:
+            raise FifoflowError(f"cannot reach the Prefect API: {e}") from None
         except ObjectNotFound:
             raise UsageError(
                 f"no Prefect work pool {work_pool!r} (create one: "

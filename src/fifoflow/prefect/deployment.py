@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import httpx
 from prefect import Task
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
@@ -40,7 +41,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Pending
 
-from ..errors import UsageError
+from ..errors import FifoflowError, UsageError
 from ..execution import Cancelled as JobCancelled
 from ..execution import JobInfo
 from .children import ChildRunFailed
@@ -100,6 +101,8 @@ class DeploymentRuns:
             self.deployment_id = client.read_deployment_by_name(self.name).id
         except ObjectNotFound:
             raise UsageError(f"no Prefect deployment {self.name!r} on the Prefect API") from None
+        except httpx.HTTPError as e:
+            raise FifoflowError(f"cannot reach the Prefect API: {e}") from None
 
     def run_of(self, job_id: str) -> str | None:
         with self._lock:

@@ -232,6 +232,15 @@ class PrefectWorker(Worker):
         cancelling: State[Any] = Cancelling(message="cancelled with fifoflow cancel")
         self.quietly(lambda: client.set_flow_run_state(runs[0], cancelling))
 
+    def stop(self) -> None:
+        """As ``Worker.stop``, and said on the dispatcher's run (the UI shows the drain)."""
+        parent = self._parent_ctx
+        if not self.stopping.is_set() and parent is not None:
+            line = f"worker {self.name}: stopping; no new claims, running jobs get {self.grace:g}s"
+            with contextlib.suppress(Exception):
+                parent.copy().run(lambda: get_run_logger().warning(line))
+        super().stop()
+
     def quietly(self, call: Callable[[], Any]) -> None:
         """An API call whose failure is only worth a warning."""
         try:
