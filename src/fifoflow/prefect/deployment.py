@@ -59,6 +59,9 @@ START_TIMEOUT = 300.0
 #: attempt ends cancelled anyway.
 CANCELLING_WAIT = 60.0
 WAITING_TYPES = (StateType.SCHEDULED, StateType.PENDING)
+#: Seconds the API may stay unreachable while a run is watched before the attempt fails
+#: (the retry then adopts the run, should it still go).
+API_PATIENCE = 120.0
 #: How the message of a run cancelled for its start timeout begins.
 START_TIMEOUT_MARK = "start timeout: "
 
@@ -94,6 +97,7 @@ class DeploymentRuns:
         self.tracking: Task[..., Any] = Task(name=name.split("/")[0], fn=_tracking)
         self._runs: dict[str, str] = {}  # job id -> its deployment run, while it runs
         self._lock = threading.Lock()
+        self._unreachable: dict[UUID, float] = {}  # run id -> since when its reads fail
 
     def resolve(self, client: SyncPrefectClient) -> None:
         """The deployment must exist before any job is claimed."""
@@ -229,7 +233,25 @@ class DeploymentRuns:
                 job.cancel_event.wait(POLL)  # a fifoflow cancel ends the wait at once
             elif asked is not None:
                 time.sleep(POLL)
-            run = client.read_flow_run(run_id)
+            run = self._read(client, run, now)
+
+    def _read(self, client: SyncPrefectClient, run: FlowRun, now: float) -> FlowRun:
+        """The run afresh; while the API is unreachable (up to ``API_PATIENCE`` seconds)
+        the last known run, so that a short outage does not fail the attempt."""
+        try:
+            fresh = client.read_flow_run(run.id)
+        except (httpx.HTTPError, OSError) as e:
+            since = self._unreachable.setdefault(run.id, now)
+            if now - since > API_PATIENCE:
+                self._unreachable.pop(run.id, None)
+                raise ChildRunFailed(
+                    f"the Prefect API was unreachable for {API_PATIENCE:g}s while watching "
+                    f"flow run {run.id}: {e}"
+                ) from None
+            log.warning("flow run %s: cannot read its state (%s); trying again", run.id, e)
+            return run
+        self._unreachable.pop(run.id, None)
+        return fresh
 
     def _start_timed_out(self, client: SyncPrefectClient, run_id: UUID, state: str) -> None:
         reason = (
