@@ -23,6 +23,7 @@ from ..errors import FifoflowError, UsageError
 from . import jobs, monitor, outcomes, push, serve
 from .bridge import bridge as bridge_command
 from .common import err
+from .deploy import deploy
 from .schedules import backfill, schedule_app
 
 app = typer.Typer(
@@ -78,6 +79,7 @@ app.command("push-dag")(push.push_dag_command)
 app.add_typer(outcomes.dlq_app, name="dlq")
 app.add_typer(serve.server_app, name="server")
 app.command()(backfill)
+app.command()(deploy)
 app.add_typer(schedule_app, name="schedule")
 
 
