@@ -240,3 +240,25 @@ def test_the_library_leaves_logging_to_the_application() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "0 ['NullHandler']", r.stdout + r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_deploy_prints_one_json_document() -> None:
+    """``fifoflow deploy --json`` against Prefect's own (ephemeral) API in PREFECT_HOME."""
+    pytest.importorskip("prefect", reason="deploy needs Prefect")
+    code = (
+        "import anyio\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.actions import WorkPoolCreate\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        "        await c.create_work_pool(WorkPoolCreate(name='ffpool', type='process'))\n"
+        "anyio.run(main)\n"
+    )
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=200)
+    assert made.returncode == 0, made.stderr[-2000:]
+    r = run_cli("deploy", T, "--name", "jsoncheck", "--pool", "ffpool", "--json", timeout=200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = doc(r)  # one line on stdout: Prefect's own log goes to stderr
+    assert found["deployment"] == "fifoflow-dispatcher/jsoncheck" and found["work_pool"] == "ffpool"
+    assert len(found["id"]) == 36  # a UUID
