@@ -189,6 +189,37 @@ def drain_last(q: Queue, pid: int, n: int, pool: str) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), 1e6 * (cpu_seconds(pid) - c0) / n
 
 
+def fleet_figures(args: argparse.Namespace, fleet: Fleet, url: str, pid: int) -> None:
+    """Idle cost, push→start and throughput of ``--workers`` x ``--slots``."""
+    q = Queue("slots", url=url)
+    fleet.start(args.workers, "-q", q.name, "-c", str(args.slots))
+    took = wait_ready(q, args.workers)
+    total = args.workers * args.slots
+    print(f"{args.workers} workers x {args.slots} slots = {total} slots idle after {took:.1f} s")
+    time.sleep(2.0)
+    print(idle(q, pid, args.idle_seconds))
+    print(pings(q, args.pings, args.gap))
+    rates, cpus = [], []
+    usec0 = {k: int(v["usec"]) for k, v in q.client.info("commandstats").items()}
+    for _ in range(args.runs):
+        rate, us = drain(q, pid, args.jobs)
+        rates.append(rate)
+        cpus.append(us)
+    print(
+        f"throughput, {args.jobs:,} no-op jobs pushed at once onto {total} slots: "
+        f"{statistics.median(rates):,.0f} jobs/s (median of {args.runs}: "
+        f"{', '.join(f'{r:,.0f}' for r in rates)}), server CPU "
+        f"{statistics.median(cpus):.0f} µs/job; load {os.getloadavg()[0]:.2f}"
+    )
+    usec = {k: int(v["usec"]) - usec0.get(k, 0) for k, v in q.client.info("commandstats").items()}
+    top = sorted(usec.items(), key=lambda kv: -kv[1])[:6]
+    spent = sum(usec.values()) or 1
+    print(
+        "  server time by command: " + ", ".join(f"{k[8:]} {100 * v / spent:.0f} %" for k, v in top)
+    )
+    q.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--workers", type=int, default=20)
@@ -201,6 +232,7 @@ def main() -> None:
     ap.add_argument("--cost-jobs", type=int, default=3_000)
     ap.add_argument("--cost-slots", type=int, default=4)
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--only-cost", action="store_true")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="ffslots-", dir="/tmp"))
@@ -210,33 +242,14 @@ def main() -> None:
         pid = server.read_pid(server.Paths(home))
         assert pid is not None
         print(f"server: pid {pid}, {url}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
-        q = Queue("slots", url=url)
-        fleet = Fleet(url, home)
-        fleet.start(args.workers, "-q", q.name, "-c", str(args.slots))
-        took = wait_ready(q, args.workers)
-        total = args.workers * args.slots
-        print(
-            f"{args.workers} workers x {args.slots} slots = {total} slots idle after {took:.1f} s"
-        )
-        time.sleep(2.0)
-        print(idle(q, pid, args.idle_seconds))
-        print(pings(q, args.pings, args.gap))
-        rates, cpus = [], []
-        for _ in range(args.runs):
-            rate, us = drain(q, pid, args.jobs)
-            rates.append(rate)
-            cpus.append(us)
-        print(
-            f"throughput, {args.jobs:,} no-op jobs pushed at once onto {total} slots: "
-            f"{statistics.median(rates):,.0f} jobs/s (median of {args.runs}: "
-            f"{', '.join(f'{r:,.0f}' for r in rates)}), server CPU "
-            f"{statistics.median(cpus):.0f} µs/job; load {os.getloadavg()[0]:.2f}"
-        )
-        fleet.stop()
-        q.close()
+        if not args.only_cost:
+            fleet = Fleet(url, home)
+            fleet_figures(args, fleet, url, pid)
+            fleet.stop()
         if not args.skip_cost:
             print(
-                f"claim cost: one worker, {args.cost_slots} slots, {args.cost_jobs:,} jobs in the last"
+                f"claim cost: one worker, {args.cost_slots} slots, "
+                f"{args.cost_jobs:,} jobs in the last pool or queue it serves"
             )
             print("| serves | how many | jobs/s | server CPU µs/job |\n|---|---|---|---|")
             for row in claim_cost(url, home, pid, args.cost_jobs, args.cost_slots):
