@@ -108,10 +108,26 @@ def test_a_queued_job_stores_no_creation_time_and_still_reports_it(queue: Queue)
     jobs = queue.push_many(T, [{"x": i} for i in range(3)])
     t1 = time.time()
     raw = queue.client.hgetall(keys.job(queue.name, jobs[0].id))
-    assert Field.CREATED_AT not in raw and Field.ATTEMPTS not in raw
+    assert not {Field.CREATED_AT, Field.ATTEMPTS, Field.PRIORITY} & set(raw)  # defaults
     created = [j.to_dict()["created_at"] for j in jobs]
     assert created == sorted(created) and t0 - 1 <= created[0] <= t1 + 1  # the rank's time
     assert jobs[0].to_dict()["attempts"] == 0
     _, [c] = claim(queue, "w", 1, ["default"], 30)
     assert c.id == jobs[0].id and c.attempts == 1
     assert jobs[0].to_dict()["attempts"] == 1
+
+
+def test_a_default_priority_job_goes_back_to_its_place(queue: Queue) -> None:
+    """Priority 0 is not stored; a job that comes back (released, reaped, retried) still
+    takes its place among jobs of priority 0, behind a higher one."""
+    low = queue.push_many(T, [{"x": i} for i in range(2)])
+    high = queue.push(T, {"x": 9}, priority=5)
+    assert queue.client.hget(keys.job(queue.name, high.id), Field.PRIORITY) == "5"
+    _, [c] = claim(queue, "w", 1, ["default"], 30)
+    assert c.id == high.id
+    _, [c2] = claim(queue, "w", 1, ["default"], 30)
+    assert c2.id == low[0].id
+    assert queue.broker.release(queue.name, [c, c2]) == 2
+    _, again = claim(queue, "w", 3, ["default"], 30)
+    assert [j.id for j in again] == [high.id, low[0].id, low[1].id]
+    assert [j.to_dict()["priority"] for j in (low[0], high)] == [0, 5]

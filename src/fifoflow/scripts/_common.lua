@@ -49,7 +49,7 @@ end
 -- Put a job (back) at its place in line: its score is fixed by its priority and its
 -- member by its id, so a retried, reaped or released job lands where it was.
 local function enqueue_ready(P, id, pool, priority, now)
-  redis.call('ZADD', P .. K.ready .. pool, -tonumber(priority), id)
+  redis.call('ZADD', P .. K.ready .. pool, -(tonumber(priority) or 0), id)
   redis.call('HSET', job_key(P, id), F.status, S.queued, F.queued_at, fmt_time(now))
   wake(P, pool)
 end
@@ -461,12 +461,18 @@ local function staged_ids(P, push_id)
 end
 
 -- The job's hash, not yet in any set: one HSET of the fields it needs. Its creation time
--- is its rank (created_of), and attempts is 0 until a claim counts one: neither is stored,
--- which keeps a queued job small (docs/benchmarks.md, "Scale").
+-- is its rank (created_of), attempts is 0 until a claim counts one, and priority 0 is the
+-- default (enqueue_ready, job_record): none of them is stored, which keeps a queued job
+-- small (docs/benchmarks.md, "Scale").
 local function write_job(P, id, spec, params, key)
   local jk = job_key(P, id)
-  redis.call('HSET', jk, F.target, spec.target, F.params, params, F.priority, spec.priority,
-    F.pool, spec.pool, F.retries, spec.retries, F.status, S.queued)
+  if spec.priority == '0' then
+    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.pool, spec.pool,
+      F.retries, spec.retries, F.status, S.queued)
+  else
+    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.priority, spec.priority,
+      F.pool, spec.pool, F.retries, spec.retries, F.status, S.queued)
+  end
   if spec.timeout ~= '' then redis.call('HSET', jk, F.timeout, spec.timeout) end
   if spec.max_lost ~= '' then redis.call('HSET', jk, F.max_lost, spec.max_lost) end
   if spec.result_ttl ~= '' then redis.call('HSET', jk, F.result_ttl, spec.result_ttl) end
