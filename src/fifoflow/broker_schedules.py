@@ -44,6 +44,15 @@ class Scheduling:
     _register_queue: Callable[[str], None]
     _pushed: Callable[[str, Sequence[str]], list[Pushed]]
 
+    def _once_pushed(self, queue: str, reply: Sequence[str]) -> list[Pushed]:
+        """once.lua's reply: 'OK', then per job its id, new ('1'/'0') and status (not the
+        push's runs of consecutive ids); a refusal ('FULL' ...) as a push's."""
+        if reply[0] != "OK":
+            return self._pushed(queue, reply)
+        return [
+            Pushed(reply[i], reply[i + 1] == "1", reply[i + 2]) for i in range(1, len(reply), 3)
+        ]
+
     def server_time(self) -> float:
         """The server's clock (Unix seconds): the one clock every scheduler agrees on."""
         secs, micros = self.client.time()
@@ -170,7 +179,7 @@ class Scheduling:
         _, reply = self._script("once", queue, args, resend_at=1)
         if reply[0] in ("STALE", "PAUSED", "GONE"):
             return Fired(cast(FireOutcome, reply[0].lower()))
-        return Fired("ok", self._pushed(queue, reply))
+        return Fired("ok", self._once_pushed(queue, reply))
 
     def push_once(
         self,
@@ -189,7 +198,7 @@ class Scheduling:
             chunk = jobs[start : start + ONCE_BATCH]
             args = self._once_args(queue, spec, "", ttl, ["", "", ""], chunk)
             _, reply = self._script("once", queue, args, resend_at=1)
-            out += self._pushed(queue, reply)
+            out += self._once_pushed(queue, reply)
             if on_batch is not None:
                 on_batch(len(chunk))
         return out
