@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from . import keys
-from .records import Claim, Claimed, ClaimRequest, nonce
+from .records import Claim, Claimed, ClaimRequest
 from .resilience import RETRYABLE, Stopping
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class Dispatcher:
             for q in w.queues:
                 if len(got) >= want:
                     break
-                req = ClaimRequest(w.name, want - len(got), w.pools, w.lease, nonce(), True)
+                req = w.claim_request(want - len(got), refill=True)
                 claim = self._claim(q, req)
                 claimed_from.add(q)
                 got += claim.jobs
@@ -122,7 +122,7 @@ class Dispatcher:
         it. Whatever that claim took goes straight back if the worker is stopping."""
         w = self.w
         q = w.queues[0]
-        req = ClaimRequest(w.name, n, w.pools, w.lease, nonce(), True)
+        req = w.claim_request(n, refill=True)
         if w.stopping.is_set():
             return None, []
         try:
