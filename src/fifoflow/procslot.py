@@ -2,6 +2,10 @@
 so a job that overruns its timeout (or hangs, or leaks, or crashes its interpreter) is
 stopped by killing that process, and the slot carries on with a fresh one.
 
+On a worker with declared capacity each job runs pinned: its child is started with
+``CUDA_VISIBLE_DEVICES`` = exactly the job's GPU ids (a job with other GPUs gets a fresh
+child: CUDA reads the variable once per process) and ``FIFOFLOW_RESOURCES`` = its share.
+
 Parent and child exchange JSON text only (``send_bytes``), never pickled objects. The
 child runs the same ``execution.execute`` as a thread slot; the parent checks the module
 allow-list before sending, so a disallowed target is never imported anywhere.
@@ -19,6 +23,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
+from typing import Any
 
 from .allowlist import Resolver, TargetNotAllowed, check_allowed
 from .execution import execute, one_line
@@ -66,7 +71,13 @@ class ProcessRunner:
         self.pinned = pinned
         self._modules = list(modules)
         self._url = url
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx: Any = multiprocessing.get_context("spawn")
+        if pinned and "forkserver" in multiprocessing.get_all_start_methods():
+            # A pinned worker starts a child per change of GPUs: forked from a server that
+            # imported fifoflow once (and nothing that touches CUDA), it starts in
+            # milliseconds; each child still sets its own CUDA_VISIBLE_DEVICES first.
+            self._ctx = multiprocessing.get_context("forkserver")
+            self._ctx.set_forkserver_preload(["fifoflow.procslot"])
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         #: The GPUs the child was started with (None: not pinned, a plain worker).
