@@ -328,7 +328,7 @@ def test_resource_claims_match_the_model(url: str) -> None:
     run_state_machine_as_test(
         ResourceMachine,
         settings=settings(
-            max_examples=60,
+            max_examples=200,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=list(HealthCheck),

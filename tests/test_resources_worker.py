@@ -14,6 +14,7 @@ import pytest
 from conftest import Processes, run_cli, wait_for
 from fifoflow import Queue
 from fifoflow.errors import UsageError
+from fifoflow.records import ClaimRequest, nonce
 from fifoflow.resources import Capacity, parse_gpus, parse_mem, validate_need
 
 pytestmark = pytest.mark.timeout(120)
@@ -67,6 +68,33 @@ def test_gpus_need_process_slots_and_thread_slots_refuse(vqueue: Queue) -> None:
     r = run_cli("worker", "fftest_gpu", "--gpus", "0,1")
     assert r.returncode == 2
     assert "--gpus needs --processes" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("worker", "fftest_gpu", "--strict-fifo")
+    assert r.returncode == 2 and "declare capacity too" in r.stderr
+    r = run_cli("worker", "fftest_gpu", "--cpus", "2", "-q", "a", "-q", "b")
+    assert r.returncode == 2 and "serves one queue" in r.stderr
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_backfill_lets_only_what_cannot_delay_the_head_pass(vqueue: Queue, strict: bool) -> None:
+    """4 GPUs, a 2-GPU job running (expected 100 s): a 4-GPU head waits for it. Behind the
+    head, a 1-GPU job expected to end within 10 s may start (it ends before the head's
+    reservation); one of 1000 s may not, nor (strict FIFO) anything."""
+    b = vqueue.broker
+    cap = Capacity(("0", "1", "2", "3"), {"cpu": 4.0})
+    b.register_capacity(vqueue.name, "w", cap, 8, ["default"], "h", strict, 60)
+
+    def claim(n: int) -> list[str]:
+        req = ClaimRequest("w", n, ["default"], 60.0, nonce(), resources=True)
+        return [j.id for j in b.claim(vqueue.name, req).jobs]
+
+    first = vqueue.push("m:f", resources={"gpu": 2}, expected_seconds=100)
+    assert claim(1) == [first.id]
+    head = vqueue.push("m:f", resources={"gpu": 4}, expected_seconds=50)
+    long = vqueue.push("m:f", resources={"gpu": 1}, expected_seconds=1000)
+    short = vqueue.push("m:f", resources={"gpu": 1}, expected_seconds=10)
+    got = claim(4)
+    assert got == ([] if strict else [short.id])
+    assert head.status == "queued" and long.status == "queued"
 
 
 @pytest.mark.parametrize(
@@ -155,6 +183,9 @@ def test_status_explains_a_waiting_head_and_workers_show_use(
     text = " ".join(r.stdout.split())
     assert "head needs gpu=4, largest free: gpu=2 on " in text, r.stdout
     assert re.search(rf"head needs gpu=4, largest free: gpu=2 on \S+ \(job {head.id}", text)
+
+    r = run_cli("status", "--json")
+    assert any(f"(job {head.id}, pool default)" in w for w in json.loads(r.stdout)["waiting"])
 
     r = run_cli("workers", "--json")
     assert r.returncode == 0, r.stderr

@@ -42,7 +42,10 @@ def status(queue: QueueOpt = None, json_: JsonOpt = False) -> None:
     # Why a line waits for resources: its head fits no live worker's free capacity.
     waiting = [line for n, c in counts.items() if c["queued"] for line in broker.explain_head(n)]
     if json_:
-        emit_json({"queues": counts, "workers": workers, "waiting": waiting})
+        doc: dict[str, Any] = {"queues": counts, "workers": workers}
+        if waiting:  # heads waiting for resources, explained
+            doc["waiting"] = waiting
+        emit_json(doc)
         return
     table = Table("queue", *STATUSES, title=f"fifoflow: {workers} worker(s) live")
     for name, c in counts.items():
