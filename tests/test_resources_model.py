@@ -8,6 +8,7 @@ nothing is lost. Each claim's picks must also equal the reference model's."""
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -220,13 +221,20 @@ class ResourceMachine(RuleBasedStateMachine):
             for j in got
         }
         now = next(iter(started.values())) if started else self.now()
-        picked, head = self.model.pick(worker, n, now)
+        # The model's prediction, on a copy: the state the invariants check is the real one.
+        picked, head = copy.deepcopy(self.model).pick(worker, n, now)
         assert [j.id for j in got] == [j.id for j in picked], (before_ready, head)
         for real, mine in zip(got, picked, strict=True):
             alloc = json.loads(real.alloc)
             assert alloc.get("gpu_ids", []) == mine.gpu_ids
-            assert alloc["need"] == {k: v for k, v in mine.need.items()}
-            mine.started, mine.claimed = started[real.id], real
+        for real in got:
+            j = next(x for x in self.model.ready if x.id == real.id)
+            alloc = json.loads(real.alloc)
+            assert alloc["need"] == j.need
+            self.model.ready.remove(j)
+            j.worker, j.started, j.claimed = worker, started[real.id], real
+            j.gpu_ids = list(alloc.get("gpu_ids", []))
+            self.model.running[j.id] = j
         # FIFO among jobs that fit: a job passed over that fit at its turn sits behind a
         # head that could start on no worker.
         taken = {j.id for j in got}
