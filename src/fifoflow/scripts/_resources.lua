@@ -124,8 +124,9 @@ local function res_reserve(workers, need, pool)
   return best or unknown
 end
 
--- Take job `id` for worker `me`: its share (need and GPU ids), running, in `held`.
-local function res_take(P, me, id, need, req, now, started, deadline)
+-- Take job `id` (ready in `pool`) for worker `me`: its share (need and GPU ids), running,
+-- in `held`.
+local function res_take(P, me, id, pool, need, req, now, started, deadline)
   local a = {need = need}
   local n = math.floor((need.gpu or 0) + 0.5)
   if n > 0 then
@@ -140,8 +141,8 @@ local function res_take(P, me, id, need, req, now, started, deadline)
   f.attempts = tostring((tonumber(f.attempts) or 0) + 1)
   f.alloc = cjson.encode(a)
   local queued = tonumber(f.queued_at or f.created_at) or now
-  observe(P, 'wait', f.pool or '', V.wait_buckets, math.max(now - queued, 0))
-  redis.call('ZREM', P .. K.ready .. f.pool, id)
+  observe(P, 'wait', pool, V.wait_buckets, math.max(now - queued, 0))
+  redis.call('ZREM', P .. K.ready .. pool, id)
   redis.call('HSET', jk, F.status, S.running, F.started_at, started, F.worker, req.worker,
     F.token, req.nonce, F.attempts, f.attempts, F.alloc, f.alloc,
     F.claim_seq, redis.call('INCR', P .. K.claims))
@@ -207,7 +208,7 @@ local function res_claim(P, req, now)
       end
     end
     if ok then
-      local got = res_take(P, me, c.id, need, req, now, started, deadline)
+      local got = res_take(P, me, c.id, c.pool, need, req, now, started, deadline)
       claimed_fields(P, out, c.id, got)
       taken = taken + 1
     elseif not head then
