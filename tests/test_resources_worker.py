@@ -4,7 +4,10 @@ flags, `fifoflow workers` and `fifoflow status` explaining a waiting head."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -219,3 +222,16 @@ def test_capacity_round_trip(vqueue: Queue) -> None:
     assert w.free_ids == ["0", "1"]
     vqueue.broker.register_capacity(vqueue.name, "w1", cap, 6, ["default"], "h", False, 0)
     assert vqueue.broker.resource_use(vqueue.name) == []
+
+
+def test_gpu_smoke_example_skips_clearly_without_a_gpu(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "examples" / "gpu" / "smoke.py"
+    r = subprocess.run(
+        [sys.executable, str(example)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no GPU, whatever the machine has
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("SKIP: no GPU on this machine"), r.stdout
