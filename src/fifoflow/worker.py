@@ -171,12 +171,13 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         self.monitor.register()
         log.info(
-            "worker %s: queues %s, pools %s, %d slot(s)%s, modules %s",
+            "worker %s: queues %s, pools %s, %d slot(s)%s%s, modules %s",
             self.name,
             ",".join(self.queues),
             ",".join(self.pools),
             self.concurrency,
             " (processes)" if self.processes else "",
+            "" if self.capacity is None else f", capacity {self.capacity.describe()}",
             ",".join(self.modules),
         )
         if self.metrics is not None:
