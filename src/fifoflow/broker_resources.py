@@ -4,6 +4,7 @@ CLI shows of them: capacity and use per worker, and why the head of a line waits
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,7 @@ class ResourceSide:
 
     def resource_use(self, queue: str) -> list[WorkerUse]:
         """Live resource workers of ``queue``: capacity, and what their running jobs hold."""
-        now = float(self.client.time()[0])
+        now = time.time()  # scores are server times; a skew of seconds is within the ttl
         live = self.client.zrangebyscore(keys.queue_key(queue, Key.CAPACITY), now, "+inf")
         out: list[WorkerUse] = []
         for name in map(str, live):
