@@ -8,15 +8,15 @@
 -- Returns  the number of live resource workers of the queue
 local P = KEYS[1]
 local name, ttl = ARGV[1], tonumber(ARGV[2])
-local key = P .. K.cap .. name
+local record = P .. K.cap .. name
 if ttl <= 0 then
-  redis.call('DEL', key, P .. K.held .. name)
+  redis.call('DEL', record, P .. K.held .. name)
   redis.call('ZREM', P .. K.capacity, name)
 else
   local now = now_s()
-  redis.call('HSET', key, 'cap', ARGV[3], 'gpus', ARGV[4], 'pools', ARGV[5], 'host', ARGV[6],
+  redis.call('HSET', record, 'cap', ARGV[3], 'gpus', ARGV[4], 'pools', ARGV[5], 'host', ARGV[6],
     'strict', ARGV[7])
-  redis.call('EXPIRE', key, math.ceil(ttl))
+  redis.call('EXPIRE', record, math.ceil(ttl))
   redis.call('ZADD', P .. K.capacity, now + ttl, name)
   -- A new worker may fit what nobody else could: blocked workers look again.
   for _, pool in ipairs(cjson.decode(ARGV[5])) do res_freed(P, pool) end
