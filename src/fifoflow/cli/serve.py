@@ -46,6 +46,17 @@ def worker(
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queues are drained.")] = False,
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect parent flow.")] = False,
+    deployment: Annotated[
+        str | None,
+        typer.Option(help="With --prefect: run each job as a run of this FLOW/DEPLOYMENT."),
+    ] = None,
+    work_queue: Annotated[
+        str | None, typer.Option(help="With --deployment: the work pool's queue for the runs.")
+    ] = None,
+    start_timeout: Annotated[
+        float,
+        typer.Option(help="With --deployment: seconds a run may wait for a pool worker."),
+    ] = 300.0,
     processes: Annotated[
         bool, typer.Option(help="Run each slot's jobs in a child process (killable on timeout).")
     ] = False,
@@ -99,6 +110,8 @@ def worker(
         raise UsageError("--grace must be >= 0")
     if prefect and processes:
         raise UsageError("--prefect and --processes cannot be combined")
+    if (deployment or work_queue) and not prefect:
+        raise UsageError("--deployment and --work-queue need --prefect")
     # Like celery and rq: modules in the current folder are importable.
     sys.path.insert(0, os.getcwd())
     kwargs: dict[str, Any] = dict(
@@ -126,6 +139,7 @@ def worker(
             raise UsageError(
                 f"--prefect needs Prefect: pip install 'fifoflow[prefect]' ({e})"
             ) from None
+        kwargs.update(deployment=deployment, work_queue=work_queue, start_timeout=start_timeout)
         code = PrefectWorker(**kwargs).run(burst=burst)
     else:
         from ..worker import Worker

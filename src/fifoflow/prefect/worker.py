@@ -13,9 +13,9 @@ the child finds the dispatcher's ``FlowRunContext`` and no ``TaskRunContext``. N
 between the two, which keeps each child's logs and prints on the child's own run (a
 subflow called from inside a task logs onto that task, PrefectHQ/prefect#19449).
 
-A child that ends Failed, Crashed or Cancelled raises, so fifoflow counts the attempt as
-failed and retries it with its own back-off; the child's flow run id travels in the
-attempt's outcome (``extra``) and is stored on the job record whatever the outcome.
+A child that ends Failed or Crashed is a failed attempt (retried with fifoflow's back-off);
+one cancelled (from fifoflow or Prefect) makes the job cancelled. The child's flow run id
+is stored on the job record whatever the outcome. ``deployment``: jobs as deployment runs.
 """
 
 from __future__ import annotations
@@ -24,28 +24,31 @@ import contextlib
 import contextvars
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 import prefect
 from prefect import Flow, Task
 from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import temporary_settings
-from prefect.states import Crashed
+from prefect.states import Cancelled, Cancelling, Crashed
 from prefect.utilities.callables import get_call_parameters
 
+from ..execution import Cancelled as JobCancelled
 from ..execution import JobInfo, run_as
 from ..records import Claimed, Outcome
 from ..worker import Worker
+from .cancels import PrefectCancelWatch
 from .children import ChildRunFailed, create_child_run, make_child_flow, run_to_state
-from .client import api_client
+from .client import api_client, patient_startup
+from .deployment import START_TIMEOUT, DeploymentRuns
 from .summary import Summary
 
 log = logging.getLogger("fifoflow.prefect")
@@ -54,20 +57,6 @@ log = logging.getLogger("fifoflow.prefect")
 DISPATCHER_FLOW = "fifoflow-dispatcher"
 #: Tags put on every child flow run (and the tasks inside it).
 CHILD_TAG = "fifoflow"
-#: Without PREFECT_API_URL, Prefect starts a local API server, which creates its database
-#: the first time: on a small or busy machine that outlasts Prefect's default of 20 s.
-EPHEMERAL_STARTUP_TIMEOUT = 120
-
-
-@contextlib.contextmanager
-def patient_startup() -> Iterator[None]:
-    """A longer start-up timeout for Prefect's local API, unless the user set one."""
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
-        yield
-        return
-    updates = {"server.ephemeral.startup_timeout_seconds": EPHEMERAL_STARTUP_TIMEOUT}
-    with temporary_settings(updates=updates):
-        yield
 
 
 class PrefectWorker(Worker):
@@ -75,7 +64,9 @@ class PrefectWorker(Worker):
 
     Same constructor as ``Worker``; ``run(burst=False)`` returns like it. Works against
     any Prefect API: a server (``PREFECT_API_URL``) or, with none set, Prefect's local
-    ephemeral API on the SQLite database in ``PREFECT_HOME``.
+    ephemeral API on the SQLite database in ``PREFECT_HOME``. With ``deployment``
+    (``FLOW/DEPLOYMENT``) each job runs as a flow run of that deployment on its work pool
+    (``work_queue``: one of the pool's queues) instead of in this process (``deployment``).
     """
 
     #: Prefect flow run heartbeats for children. Off: they only matter to detect crashed
@@ -87,9 +78,21 @@ class PrefectWorker(Worker):
     #: Seconds between re-publications of the summary while the worker runs (and at the end).
     summary_interval: float = 60.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        deployment: str | None = None,
+        work_queue: str | None = None,
+        start_timeout: float = START_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        self._deployment = (
+            None
+            if deployment is None
+            else DeploymentRuns(self, deployment, work_queue, start_timeout)
+        )
         super().__init__(*args, **kwargs)
-        # Every Prefect API call would be an INFO line of httpx's under a root logger at INFO.
+        self.services.append(PrefectCancelWatch(self))
         httpx_log = logging.getLogger("httpx")
         if httpx_log.level == logging.NOTSET:
             httpx_log.setLevel(logging.WARNING)
@@ -100,7 +103,7 @@ class PrefectWorker(Worker):
             self.name, list(self.queues), self.summary_rows, self.summary_interval
         )
         self._api: SyncPrefectClient | None = None
-        self._active: dict[str, str] = {}  # child flow run id -> job id, while it runs
+        self._active: dict[str, JobInfo] = {}  # child flow run id -> its job, while it runs
         self._active_lock = threading.Lock()
         #: The dispatcher's flow run id, once ``run`` has entered it.
         self.flow_run_id: str | None = None
@@ -120,6 +123,12 @@ class PrefectWorker(Worker):
 
     def run(self, burst: bool = False) -> int:
         """Work as the dispatcher flow run until stopped (or drained, with ``burst``)."""
+        if self._deployment is not None:  # fail fast, before any job is claimed
+            with patient_startup(), api_client() as client:
+                self._deployment.resolve(client)
+        ctx = FlowRunContext.get()
+        if ctx is not None and ctx.flow is not None and ctx.flow.name == DISPATCHER_FLOW:
+            return self._dispatch_as_flow(burst)  # a deployed dispatcher: already its run
         worker = self
 
         def dispatcher(
@@ -149,7 +158,6 @@ class PrefectWorker(Worker):
                 concurrency=self.concurrency,
                 burst=burst,
             )
-        # Logs are sent in batches from a background thread: when run() returns, they are in.
         with contextlib.suppress(Exception):
             APILogWorker.drain_all(timeout=5)
         return int(result)
@@ -181,7 +189,8 @@ class PrefectWorker(Worker):
         would otherwise show Running for ever."""
         with self._active_lock:
             abandoned = dict(self._active)
-        for run_id, job_id in abandoned.items():
+        for run_id, job in abandoned.items():
+            job_id = job.id
             self._summary.mark(job_id, run_id, "Crashed")
             message = (
                 f"abandoned by fifoflow worker {self.name}: job {job_id} timed out or was "
@@ -194,6 +203,56 @@ class PrefectWorker(Worker):
                 log.warning(
                     "worker %s: could not mark flow run %s crashed: %s", self.name, run_id, e
                 )
+
+    @property
+    def api(self) -> SyncPrefectClient | None:
+        """The dispatcher's API client while it runs."""
+        return self._api
+
+    def active_children(self) -> dict[str, JobInfo]:
+        """In-process child runs going on now: run id -> job."""
+        with self._active_lock:
+            return dict(self._active)
+
+    def child_tags(self, job: JobInfo) -> list[str]:
+        return [CHILD_TAG, f"fifoflow-queue:{job.queue}"]
+
+    def mark_cancelled(self, job: JobInfo) -> None:
+        """A job's run was cancelled in Prefect: the job is cancelled (never retried)."""
+        job.cancel_event.set()
+        self.retry.once(lambda: self.broker.cancel(job.queue, job.id))
+
+    def cancelling(self, job_id: str) -> None:
+        """``fifoflow cancel`` of a running job: its child run is set Cancelling (a
+        deployment run's slot does that itself, and Prefect's worker stops the run)."""
+        client = self._api
+        runs = [UUID(r) for r, job in self.active_children().items() if job.id == job_id]
+        if client is None or not runs:
+            return
+        cancelling: State[Any] = Cancelling(message="cancelled with fifoflow cancel")
+        self.quietly(lambda: client.set_flow_run_state(runs[0], cancelling))
+
+    def stop(self) -> None:
+        """As ``Worker.stop``, and said on the dispatcher's run (the UI shows the drain)."""
+        parent = self._parent_ctx
+        if not self.stopping.is_set() and parent is not None:
+            line = f"worker {self.name}: stopping; no new claims, running jobs get {self.grace:g}s"
+            with contextlib.suppress(Exception):
+                parent.copy().run(lambda: get_run_logger().warning(line))
+        super().stop()
+
+    def quietly(self, call: Callable[[], Any]) -> None:
+        """An API call whose failure is only worth a warning."""
+        try:
+            call()
+        except Exception as e:
+            log.warning("worker %s: Prefect API call failed: %s", self.name, e)
+
+    def note_done(
+        self, job: JobInfo, params: dict[str, Any], state: str, duration: float, run_id: str
+    ) -> None:
+        self._summary.note(job, params, state, duration, run_id)
+        self._log_to_dispatcher(job, state, duration, run_id)
 
     # -- one job, one child flow run ----------------------------------------------------
 
@@ -220,9 +279,11 @@ class PrefectWorker(Worker):
         client = self._api
         if client is None or self.flow_run_id is None:  # pragma: no cover - set by run()
             raise RuntimeError("the dispatcher has no API client")
+        if self._deployment is not None:
+            return self._deployment.run(client, job, params, extra)
         child, tracking = self._child_flow(job, fn)
         started = time.monotonic()
-        tags = [CHILD_TAG, f"fifoflow-queue:{job.queue}"]
+        tags = self.child_tags(job)
         parameters = get_call_parameters(child.fn, (), params)
         flow_run = create_child_run(
             client, self.flow_run_id, job, child, tracking, parameters, tags
@@ -230,7 +291,7 @@ class PrefectWorker(Worker):
         run_id = str(flow_run.id)
         extra["flow_run_id"] = run_id
         with self._active_lock:
-            self._active[run_id] = job.id
+            self._active[run_id] = job
         self._summary.note(job, params, "Running", 0.0, run_id, final=False)
         try:
             with prefect.tags(*tags):
@@ -242,10 +303,18 @@ class PrefectWorker(Worker):
             with self._active_lock:
                 self._active.pop(run_id, None)
         duration = time.monotonic() - started
-        self._summary.note(job, params, str(state.name), duration, run_id)
-        self._log_to_dispatcher(job, str(state.name), duration, run_id)
+        self.note_done(job, params, str(state.name), duration, run_id)
         if state.is_completed():
             return state.result()
+        if job.cancelled or state.is_cancelled() or state.is_cancelling():
+            # In-process runs have no infrastructure for Prefect to stop: the target saw
+            # current_job().cancelled; the run ends Cancelled, the job cancelled.
+            if not job.cancelled:
+                self.mark_cancelled(job)
+            if not state.is_cancelled():
+                done: State[Any] = Cancelled(message=f"job {job.id} was cancelled")
+                self.quietly(lambda: client.set_flow_run_state(flow_run.id, done, force=True))
+            raise JobCancelled(f"child flow run {run_id} was cancelled")
         state.result()  # re-raises the child's own exception
         raise ChildRunFailed(f"child flow run {run_id} ended {state.name}: {state.message}")
 
