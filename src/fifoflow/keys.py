@@ -58,7 +58,7 @@ class Field(StrEnum):
     ATTEMPTS = "attempts"
     FAILURES = "failures"
     LOST = "lost"  # leases lost (worker died or was cut off)
-    CREATED_AT = "created_at"
+    CREATED_AT = "created_at"  # not stored by pushes (the id's rank is the push time); old records
     STARTED_AT = "started_at"
     FINISHED_AT = "finished_at"
     DUE_AT = "due_at"
@@ -103,7 +103,7 @@ class Key(StrEnum):
     HK = "hk"  # string, housekeeping gate (expires after 50 ms)
     META = "meta"  # hash, queue settings (max_length)
     REQ = "req:"  # + request nonce: the reply of a request already done (idempotence)
-    STAGE = "stage:"  # + push id: list of ids staged by a multi-batch push
+    STAGE = "stage:"  # + push id: list of "FIRST_ID COUNT", a run per staged batch
     STAGING = "staging"  # zset, push ids being staged, score = start time (for clean-up)
     STATS = "stats"  # hash, monotonic counters: EVENT:POOL -> count
     HIST = "hist"  # hash, histograms: NAME:POOL:BUCKET -> count, NAME_us:POOL -> sum (µs)

@@ -167,6 +167,19 @@ def _int(text: str | None) -> int | None:
     return int(text) if text else None
 
 
+def created_at(job_id: str, raw: Mapping[str, str]) -> float | None:
+    """When a job was pushed: its rank (the first 14 hex digits of its id) is the server's
+    time in microseconds then; pushes store no separate field (records of older versions
+    do, and it wins)."""
+    stored = raw.get(Field.CREATED_AT)
+    if stored:
+        return float(stored)
+    try:
+        return int(job_id[:14], 16) / 1_000_000
+    except ValueError:
+        return None
+
+
 def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
     """The contract's job object from a stored hash (plus a few extra fields)."""
     status = raw.get(Field.STATUS, Status.QUEUED)
@@ -182,7 +195,7 @@ def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any
         "timeout": _float(raw.get(Field.TIMEOUT)),
         "status": status,
         "attempts": int(raw.get(Field.ATTEMPTS, 0)),
-        "created_at": _float(raw.get(Field.CREATED_AT)),
+        "created_at": created_at(job_id, raw),
         "started_at": _float(raw.get(Field.STARTED_AT)),
         "finished_at": _float(raw.get(Field.FINISHED_AT)),
         "worker": raw.get(Field.WORKER) or None,

@@ -33,6 +33,11 @@ local function job_key(P, id)
   return P .. K.job .. id
 end
 
+-- When job `id` was pushed: its rank is the server's time in microseconds at the push.
+local function created_of(id)
+  return tonumber(string.sub(id, 1, 14), 16) / 1000000
+end
+
 -- One wake token for a blocked worker of `pool`.
 local function wake(P, pool)
   local list = P .. K.wake .. pool
@@ -44,7 +49,7 @@ end
 -- Put a job (back) at its place in line: its score is fixed by its priority and its
 -- member by its id, so a retried, reaped or released job lands where it was.
 local function enqueue_ready(P, id, pool, priority, now)
-  redis.call('ZADD', P .. K.ready .. pool, -tonumber(priority), id)
+  redis.call('ZADD', P .. K.ready .. pool, -(tonumber(priority) or 0), id)
   redis.call('HSET', job_key(P, id), F.status, S.queued, F.queued_at, fmt_time(now))
   wake(P, pool)
 end
@@ -302,9 +307,9 @@ local function claim(P, req, now)
     end
     local jk = job_key(P, id)
     local f = read(jk, F.target, F.params, F.timeout, F.attempts, F.pool, F.queued_at,
-      F.created_at, F.gather, F.parents)
+      F.gather, F.parents)
     f.attempts = tostring((tonumber(f.attempts) or 0) + 1)
-    local queued = tonumber(f.queued_at or f.created_at) or now
+    local queued = tonumber(f.queued_at) or created_of(id)
     observe(P, 'wait', f.pool or '', V.wait_buckets, math.max(now - queued, 0))
     redis.call('HSET', jk, F.status, S.running, F.started_at, started, F.worker, req.worker,
       F.token, req.nonce, F.attempts, f.attempts,
@@ -350,6 +355,30 @@ end
 local function remember(P, nonce, reply)
   redis.call('SET', P .. K.req .. nonce, cjson.encode(reply), 'EX', REQ_TTL)
   return reply
+end
+
+-- A push's reply is runs of consecutive ranks with the same flags: 'OK', then per run its
+-- first id, its length, new ('1' added, '0' de-duplicated) and status (broker_push
+-- expands them). A million-job push replies, and keeps for a re-send, a few runs per
+-- batch, not a few strings per job.
+local function add_run(runs, id, new, st)
+  local run = runs[#runs]
+  local rank = tonumber(string.sub(id, 1, 14), 16)
+  if type(run) == 'table' and rank == run.last + 1 and run[3] == new and run[4] == st
+    and string.sub(id, 15) == string.sub(run[1], 15) then
+    run[2], run.last = run[2] + 1, rank
+  else
+    runs[#runs + 1] = {id, 1, new, st, last = rank}
+  end
+end
+
+-- The runs as a reply (a flat array, as remember keeps it).
+local function flat_runs(runs)
+  local out = {runs[1]}
+  for r = 2, #runs do
+    for k = 1, 4 do out[#out + 1] = runs[r][k] end
+  end
+  return out
 end
 
 -- Jobs waiting in line (ready in any pool, delayed, waiting for a retry or for parents):
@@ -424,12 +453,31 @@ local function new_ids(P, suffix, count, now)
   return ids
 end
 
--- The job's hash, not yet in any set.
-local function write_job(P, id, spec, params, key, now)
+-- The ids a multi-batch push staged. Its stage list keeps one run per batch, "FIRST COUNT"
+-- (a batch's ranks are consecutive): a few bytes per batch, not an entry per job.
+local function staged_ids(P, push_id)
+  local ids = {}
+  for _, run in ipairs(redis.call('LRANGE', P .. K.stage .. push_id, 0, -1)) do
+    local first, n = string.match(run, '^(%S+) (%d+)$')
+    local rank, suffix = tonumber(string.sub(first, 1, 14), 16), string.sub(first, 15)
+    for k = 0, tonumber(n) - 1 do ids[#ids + 1] = string.format('%014x', rank + k) .. suffix end
+  end
+  return ids
+end
+
+-- The job's hash, not yet in any set: one HSET of the fields it needs. Its creation time
+-- is its rank (created_of), attempts is 0 until a claim counts one, and priority 0 is the
+-- default (enqueue_ready, job_record): none of them is stored, which keeps a queued job
+-- small (docs/benchmarks.md, "Scale").
+local function write_job(P, id, spec, params, key)
   local jk = job_key(P, id)
-  redis.call('HSET', jk, F.target, spec.target, F.params, params, F.priority, spec.priority,
-    F.pool, spec.pool, F.retries, spec.retries, F.created_at, fmt_time(now), F.attempts, 0,
-    F.status, S.queued)
+  if spec.priority == '0' then
+    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.pool, spec.pool,
+      F.retries, spec.retries, F.status, S.queued)
+  else
+    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.priority, spec.priority,
+      F.pool, spec.pool, F.retries, spec.retries, F.status, S.queued)
+  end
   if spec.timeout ~= '' then redis.call('HSET', jk, F.timeout, spec.timeout) end
   if spec.max_lost ~= '' then redis.call('HSET', jk, F.max_lost, spec.max_lost) end
   if spec.result_ttl ~= '' then redis.call('HSET', jk, F.result_ttl, spec.result_ttl) end
