@@ -19,7 +19,7 @@ import random
 from typing import TYPE_CHECKING
 
 from . import keys
-from .records import Claim, Claimed, ClaimRequest, nonce
+from .records import Claim, Claimed, ClaimRequest
 from .resilience import RETRYABLE, Stopping
 from .wakeups import Wakeups
 
@@ -81,7 +81,7 @@ class Dispatcher:
                 if due != 0 and q not in must:  # nothing to take there now
                     soonest = soonest if due < 0 else min(soonest, due)
                     continue
-                req = ClaimRequest(w.name, want - len(got), w.pools, w.lease, nonce(), True)
+                req = w.claim_request(want - len(got), refill=True)
                 claim = self._claim(q, req)
                 claimed_from.add(q)
                 got += claim.jobs
@@ -157,7 +157,7 @@ class Dispatcher:
         it. Whatever that claim took goes straight back if the worker is stopping."""
         w = self.w
         q = w.queues[0]
-        req = ClaimRequest(w.name, n, w.pools, w.lease, nonce(), True)
+        req = w.claim_request(n, refill=True)
         if w.stopping.is_set():
             return [], []
         popped: list[str] = []

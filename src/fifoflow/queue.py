@@ -13,6 +13,7 @@ from .broker import Broker
 from .errors import JobFailed, JobNotFound, UsageError
 from .keys import Status
 from .records import PushSpec
+from .resources import validate_need
 from .settings import Settings, get_settings
 from .validation import (
     encode_params,
@@ -154,6 +155,8 @@ class Queue:
         on_parent_failure: str = "dead",
         result_ttl: int | None = None,
         job_id: str | None = None,
+        resources: Mapping[str, float] | None = None,
+        expected_seconds: float | None = None,
     ) -> Job:
         """Queue one job. ``depends_on``: jobs (or ids, of this queue) that must succeed
         first; it waits (status ``waiting``), then takes its own place in line. With
@@ -161,7 +164,10 @@ class Queue:
         ``job_id``: an id of the caller's choosing, usable wherever an id is (refused if
         taken); fifoflow keeps its own id too, which carries the job's place in line.
         ``retries`` and ``timeout`` default to ``FIFOFLOW_RETRIES`` (3) and
-        ``FIFOFLOW_TIMEOUT_SECONDS`` (none)."""
+        ``FIFOFLOW_TIMEOUT_SECONDS`` (none).
+        ``resources``: what it needs, e.g. ``{"gpu": 2, "mem_gb": 16, "cpu": 4}`` (default:
+        one slot's worth); ``expected_seconds``: how long it expects to run (see
+        docs/resources.md)."""
         return self.push_many(
             target,
             [params],
@@ -177,6 +183,8 @@ class Queue:
             on_parent_failure=on_parent_failure,
             result_ttl=result_ttl,
             job_id=job_id,
+            resources=resources,
+            expected_seconds=expected_seconds,
         )[0]
 
     def push_many(
@@ -198,6 +206,8 @@ class Queue:
         result_ttl: int | None = None,
         job_id: str | None = None,
         on_batch: Callable[[int], object] | None = None,
+        resources: Mapping[str, float] | None = None,
+        expected_seconds: float | None = None,
     ) -> list[Job]:
         """Queue one job per parameter set, all or none: everything is checked before
         anything is sent, and a push of many batches becomes visible in one step, so a
@@ -229,6 +239,8 @@ class Queue:
             on_parent_failure=on_parent_failure,
             result_ttl=None if result_ttl is None else integer("result_ttl", result_ttl, 1),
             alias=validate_alias(job_id),
+            resources=validate_need(resources),
+            expected=seconds("expected_seconds", expected_seconds, allow_zero=True),
         )
         if mode and not spec.parents:
             raise UsageError("gather needs depends_on: the jobs whose results it gathers")

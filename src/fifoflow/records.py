@@ -22,8 +22,8 @@ def nonce() -> str:
 
 
 #: Fields per claimed job in a script's reply: id, target, params, timeout, attempts,
-#: gather mode, gathered results.
-CLAIM_FIELDS = 7
+#: gather mode, gathered results, share of resources.
+CLAIM_FIELDS = 8
 
 OutcomeKind = Literal["ok", "fail", "dead"]
 #: A report's outcomes that end the job (``Completion.outcome``).
@@ -47,6 +47,10 @@ class PushSpec:
     on_parent_failure: str = "dead"  # 'dead' | 'run'
     result_ttl: int | None = None
     alias: str | None = None
+    #: What each job needs, as JSON object text ('' = one slot's worth); see resources.py.
+    resources: str = ""
+    #: Seconds each job expects to run (a blocked head's reservation counts on it).
+    expected: float | None = None
 
     def args(self) -> list[str]:
         """In the order of ``push_spec`` in ``_common.lua`` (``SPEC_LEN`` of them)."""
@@ -63,6 +67,8 @@ class PushSpec:
             self.on_parent_failure,
             "" if self.result_ttl is None else str(self.result_ttl),
             self.alias or "",
+            self.resources,
+            "" if self.expected is None else repr(self.expected),
         ]
 
 
@@ -85,6 +91,8 @@ class ClaimRequest:
     nonce: str
     #: Leave a wake token for jobs still ready (the dispatcher's claims after a wake-up).
     refill: bool = False
+    #: The worker declared capacity: the server picks by resources (_resources.lua).
+    resources: bool = False
 
 
 @dataclass(slots=True)
@@ -100,6 +108,8 @@ class Claimed:
     attempts: int
     gather: str = ""  # '' | 'results' | 'input': how its parents' results reach it
     gathered: str = ""  # their results, a JSON array text
+    #: Its share of the worker's resources, JSON ('' if none): {"need": .., "gpu_ids": ..}
+    alloc: str = ""
 
 
 @dataclass(slots=True)
@@ -174,6 +184,7 @@ def parse_claimed(queue: str, token: str, flat: Sequence[str]) -> list[Claimed]:
             attempts=int(flat[i + 4]),
             gather=flat[i + 5],
             gathered=flat[i + 6],
+            alloc=flat[i + 7],
         )
         for i in range(0, len(flat), CLAIM_FIELDS)
     ]
@@ -235,5 +246,8 @@ def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any
         if raw.get(Field.PARENTS)
         else [],
         "alias": raw.get(Field.ALIAS) or None,
+        "resources": _load_json(raw.get(Field.RESOURCES)),
+        "expected_seconds": _float(raw.get(Field.EXPECTED)),
+        "alloc": _load_json(raw.get(Field.ALLOC)) if status == Status.RUNNING else None,
         "flow_run_id": raw.get(Field.FLOW_RUN_ID) or None,
     }

@@ -10,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from ..broker_resources import describe_use
 from ..errors import JobNotFound, UsageError
 from ..queue import STATUSES, Queue
 from .common import (
@@ -35,8 +36,13 @@ def status(queue: QueueOpt = None, json_: JsonOpt = False) -> None:
     broker = open_broker()
     counts = {n: broker.counts(n) for n in queue_names(broker, queue)}
     workers = len(broker.live_workers())
+    # Why a line waits for resources: its head fits no live worker's free capacity.
+    waiting = [line for n, c in counts.items() if c["queued"] for line in broker.explain_head(n)]
     if json_:
-        emit_json({"queues": counts, "workers": workers})
+        doc: dict[str, Any] = {"queues": counts, "workers": workers}
+        if waiting:  # heads waiting for resources, explained
+            doc["waiting"] = waiting
+        emit_json(doc)
         return
     table = Table("queue", *STATUSES, title=f"fifoflow: {workers} worker(s) live")
     for name, c in counts.items():
@@ -44,6 +50,8 @@ def status(queue: QueueOpt = None, json_: JsonOpt = False) -> None:
     if not counts:
         table.caption = "no queues yet: fifoflow push TARGET --params '{...}'"
     out.print(table)
+    for line in waiting:
+        out.print(line, markup=False, highlight=False)
 
 
 def _duration(j: dict[str, Any], now: float) -> float | None:
@@ -223,13 +231,20 @@ def _health(w: dict[str, Any]) -> str:
 
 
 def workers(json_: JsonOpt = False) -> None:
-    """Live workers, what they run now and have done (the server's records), their health."""
+    """Live workers: what they run and have done (the server's records), health, resources."""
     broker = open_broker()
     live = broker.live_workers()
     activity = broker.activity(live)
+    use = {
+        (q, u.name): u
+        for q in {w["queues"][0] for w in live if w.get("capacity")}
+        for u in broker.resource_use(q)
+    }
     for w in live:  # the server's truth, not the copy of the last heartbeat
         w["running"], w["done"] = activity[str(w["name"])]
         w["processed"] = w["done"]
+        u = use.get((w["queues"][0], w["name"])) if w.get("capacity") else None
+        w["resources"] = describe_use(u) if u is not None else None
     if json_:
         emit_json(live)
         return
@@ -244,6 +259,7 @@ def workers(json_: JsonOpt = False) -> None:
         "done",
         "heartbeat",
         "health",
+        "resources (used/capacity)",
         title=f"{len(live)} worker(s)",
     )
     for w in live:
@@ -258,6 +274,7 @@ def workers(json_: JsonOpt = False) -> None:
             str(w["done"]),
             fmt_age(w["heartbeat"]),
             _health(w),
+            w["resources"] or "-",
         )
     out.print(table)
 

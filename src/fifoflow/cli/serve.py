@@ -13,10 +13,25 @@ from rich.table import Table
 
 from .. import server
 from ..errors import UsageError
+from ..resources import Capacity, parse_gpus, parse_mem, parse_pairs
 from ..settings import get_settings
 from .common import JsonOpt, emit_json, err, fail, group, out, setup_logging
 
 server_app = group("The embedded Valkey server in FIFOFLOW_HOME.")
+
+
+def _capacity(
+    gpus: str | None, mem: str | None, cpus: float | None, pairs: list[str]
+) -> Capacity | None:
+    """--gpus/--mem/--cpus/--resource as the worker's capacity (None: none declared)."""
+    if gpus is None and mem is None and cpus is None and not pairs:
+        return None
+    return Capacity.declare(
+        parse_gpus(gpus) if gpus is not None else [],
+        cpus,
+        None if mem is None else parse_mem(mem),
+        parse_pairs(pairs),
+    )
 
 
 def worker(
@@ -26,7 +41,13 @@ def worker(
     ] = None,
     pool: Annotated[list[str] | None, typer.Option("--pool", help="Pool(s) to serve.")] = None,
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", "-c", help="Slots [FIFOFLOW_CONCURRENCY: 1].")
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            help="Slots [FIFOFLOW_CONCURRENCY, else 1; with capacity: as fit].",
+        ),
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queues are drained.")] = False,
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect parent flow.")] = False,
@@ -72,6 +93,19 @@ def worker(
     log_format: Annotated[
         str, typer.Option("--log-format", help="text, or json: one object a line for shippers.")
     ] = "text",
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="GPU ids it has: auto or 0,1,2,3 (needs --processes)."),
+    ] = None,
+    mem: Annotated[str | None, typer.Option("--mem", help="Memory it has for jobs: 64G.")] = None,
+    cpus: Annotated[float | None, typer.Option("--cpus", help="CPUs it has [all].")] = None,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option("--resource", help="Any other amount it has: NAME=N; repeatable."),
+    ] = None,
+    strict_fifo: Annotated[
+        bool, typer.Option("--strict-fifo", help="Nothing passes a head that cannot start.")
+    ] = False,
     json_: Annotated[
         bool, typer.Option("--json", help="At exit, one JSON document: name, jobs, attempts.")
     ] = False,
@@ -86,10 +120,13 @@ def worker(
         raise UsageError("--deployment and --work-queue need --prefect")
     # Like celery and rq: modules in the current folder are importable.
     sys.path.insert(0, os.getcwd())
+    settings = get_settings()
+    if concurrency is None and "concurrency" in settings.model_fields_set:
+        concurrency = settings.concurrency  # FIFOFLOW_CONCURRENCY; unset: 1, or as many as fit
     kwargs: dict[str, Any] = dict(
         queues=queue or None,
         modules=modules,
-        concurrency=get_settings().concurrency if concurrency is None else concurrency,
+        concurrency=concurrency,
         pools=pool or None,
         name=name,
         grace=grace,
@@ -101,6 +138,8 @@ def worker(
         metrics_host=metrics_host,
         max_jobs=max_jobs,
         scheduler=scheduler,
+        capacity=_capacity(gpus, mem, cpus, resource or []),
+        strict_fifo=strict_fifo,
     )
     if prefect:
         try:

@@ -223,14 +223,16 @@ local function housekeep(P, now, force, policy)
 end
 
 -- The claim request at ARGV[i..]: worker, lease, n, nonce, max_lost, ttl, refill, resend,
--- pools... (see Broker._claim_args). `policy` is what housekeeping needs of it.
+-- res ('1': a worker with declared capacity, see _resources.lua), pools... (see
+-- Broker._claim_args). `policy` is what housekeeping needs of it.
 local function claim_request(argv, i)
   local req = {
     worker = argv[i], lease = tonumber(argv[i + 1]), n = tonumber(argv[i + 2]),
-    nonce = argv[i + 3], refill = argv[i + 6] == '1', resend = argv[i + 7] == '1', pools = {},
+    nonce = argv[i + 3], refill = argv[i + 6] == '1', resend = argv[i + 7] == '1',
+    res = argv[i + 8] == '1', pools = {},
   }
   req.policy = {max_lost = tonumber(argv[i + 4]), ttl = tonumber(argv[i + 5])}
-  for j = i + 8, #argv do req.pools[#req.pools + 1] = argv[j] end
+  for j = i + 9, #argv do req.pools[#req.pools + 1] = argv[j] end
   return req
 end
 
@@ -254,6 +256,7 @@ local function claimed_fields(P, out, id, f)
   out[#out + 1] = f.attempts
   out[#out + 1] = f.gather or ''
   out[#out + 1] = gathered(P, id, f)
+  out[#out + 1] = f.alloc or ''
 end
 
 -- The best head (highest priority, then oldest) across the pools' ready sets, removed.
@@ -276,8 +279,8 @@ local function pop_best(P, pools)
   return best_id
 end
 
--- Claim up to req.n jobs. Returns a flat array, 7 fields a job: id, target, params,
--- timeout, attempts, gather mode, gathered results. The fencing token is the request's nonce, chosen at random by the
+-- Claim up to req.n jobs. Returns a flat array, 8 fields a job: id, target, params,
+-- timeout, attempts, gather mode, gathered results, its share of resources ('' if none). The fencing token is the request's nonce, chosen at random by the
 -- worker: unique even if the server loses its last writes. The nonce also makes the claim
 -- idempotent: a claim re-sent after a lost reply (the worker says so) returns the jobs the
 -- first one took (those still running with this token), never new ones; only then are
@@ -287,7 +290,7 @@ local function claim(P, req, now)
   if req.resend then
     for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
       local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts,
-        F.gather, F.parents)
+        F.gather, F.parents, F.alloc)
       if f.token == req.nonce then claimed_fields(P, out, id, f) end
     end
     if #out > 0 then return out end
@@ -401,14 +404,16 @@ end
 -- The push spec at ARGV[i..]: target, priority, pool, retries, timeout, delay, max_lost.
 -- ARGV places it takes: target, priority, pool, retries, timeout, delay, max_lost,
 -- parents ("QUEUE/ID,..." or ''), gather ('' | 'results' | 'input'), on_parent_failure,
--- result_ttl ('' = the queue's), alias ('' = none; one-job pushes only).
-local SPEC_LEN = 12
+-- result_ttl ('' = the queue's), alias ('' = none; one-job pushes only), resources (JSON
+-- object, '' = one slot's worth), expected seconds ('' = not declared).
+local SPEC_LEN = 14
 local function push_spec(argv, i)
   local spec = {
     target = argv[i], priority = argv[i + 1], pool = argv[i + 2], retries = argv[i + 3],
     timeout = argv[i + 4], delay = tonumber(argv[i + 5]) or 0, max_lost = argv[i + 6],
     parents = argv[i + 7], gather = argv[i + 8], on_parent_failure = argv[i + 9],
-    result_ttl = argv[i + 10], alias = argv[i + 11], refs = {},
+    result_ttl = argv[i + 10], alias = argv[i + 11], resources = argv[i + 12],
+    expected = argv[i + 13], refs = {},
   }
   for ref in string.gmatch(spec.parents, '[^,]+') do spec.refs[#spec.refs + 1] = ref end
   return spec
@@ -477,6 +482,8 @@ local function write_job(P, id, spec, params, key)
   if spec.max_lost ~= '' then redis.call('HSET', jk, F.max_lost, spec.max_lost) end
   if spec.result_ttl ~= '' then redis.call('HSET', jk, F.result_ttl, spec.result_ttl) end
   if key ~= '' then redis.call('HSET', jk, F.key, key) end
+  if spec.resources ~= '' then redis.call('HSET', jk, F.resources, spec.resources) end
+  if spec.expected ~= '' then redis.call('HSET', jk, F.expected, spec.expected) end
   if spec.alias ~= '' then
     redis.call('HSET', jk, F.alias, spec.alias)
     redis.call('HSET', P .. K.aliases, spec.alias, id)
