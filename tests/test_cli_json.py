@@ -2,7 +2,8 @@
 server), ``--version``; ``wait``'s summary, ``--fail-on-dead`` and its timeout document;
 ``jobs --newest`` and ``--run-order``; honest worker log lines and ``--log-format json``;
 ``workers`` counts from the server's records; the defaults from ``FIFOFLOW_RETRIES``,
-``FIFOFLOW_TIMEOUT_SECONDS`` and ``FIFOFLOW_CONCURRENCY``; the library's ``NullHandler``."""
+``FIFOFLOW_TIMEOUT_SECONDS`` and ``FIFOFLOW_CONCURRENCY``; the resource options of ``push``
+and ``worker`` in JSON; the library's ``NullHandler``."""
 
 from __future__ import annotations
 
@@ -210,6 +211,32 @@ def test_workers_counts_come_from_the_server(
     assert [j.result(timeout=30) for j in jobs] == [0, 1, 2]
     (w,) = wait_for(lambda: mine(done=3), timeout=10)  # well before the next heartbeat
     assert w["running"] == []
+
+
+def test_resource_options_in_json(vqueue: Queue, procs: Processes) -> None:
+    """push's and worker's resource options with --json; status explains the waiting head,
+    workers shows the resources beside the server's counts."""
+    (big,) = doc(run_cli("push", f"{T}:add", "--params", '{"x": 1}', "--cpus", "4", "--json"))
+    pushed = run_cli(
+        "push", f"{T}:add", "--params", '{"x": 2}', "--cpus", "1", "--mem", "1G",
+        "--resource", "lic=1", "--expected", "5", "--json",
+    )  # fmt: skip
+    (small,) = doc(pushed)
+    record = vqueue.record(small)
+    assert record is not None and record["expected_seconds"] == 5
+    assert (record["resources"]["cpu"], record["resources"]["lic"]) == (1, 1)
+    procs.worker(T, "--name", "w-res", "--cpus", "2", "--mem", "2G", "--resource", "lic=1")
+    (w,) = wait_for(
+        lambda: [
+            w for w in doc(run_cli("workers", "--json")) if w["name"] == "w-res" and w["done"]
+        ],
+        30,
+    )
+    assert w["done"] == 1 and "lic 0/1" in w["resources"]
+    assert vqueue.record(small)["status"] == "succeeded"  # type: ignore[index]
+    status = doc(run_cli("status", "--json"))
+    assert status["queues"][vqueue.name]["queued"] == 1
+    assert any(big in line and "cpu" in line for line in status["waiting"])
 
 
 def test_defaults_from_the_environment(
