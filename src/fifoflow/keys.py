@@ -79,6 +79,7 @@ class Field(StrEnum):
     RESULT_TTL = "result_ttl"  # its own ttl of the finished record, if it set one
     ALIAS = "alias"  # the id its pusher chose, if any
     CANCEL = "cancel"  # '1' once a cancel was asked while it ran: it ends cancelled
+    TAGS = "tags"  # JSON array of the job's tags (Prefect mode: on its child flow runs)
 
 
 class Key(StrEnum):

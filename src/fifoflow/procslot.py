@@ -4,42 +4,62 @@ stopped by killing that process, and the slot carries on with a fresh one.
 
 Parent and child exchange JSON text only (``send_bytes``), never pickled objects. The
 child runs the same ``execution.execute`` as a thread slot; the parent checks the module
-allow-list before sending, so a disallowed target is never imported anywhere.
+allow-list before sending, so a disallowed target is never imported anywhere. A mode that
+calls functions its own way (Prefect: each attempt a child flow run) names a *call
+factory*, ``"module:function"`` taking a JSON-able config and returning the ``Call`` the
+child passes to ``execute`` (``setup``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import multiprocessing
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 
 from .allowlist import Resolver, TargetNotAllowed, check_allowed
-from .execution import execute, one_line
+from .execution import Call, direct_call, execute, one_line
 from .records import Claimed, Outcome
 
 #: Seconds a cancelled job's process has between SIGTERM and SIGKILL.
 STOP_GRACE = 5.0
+#: Seconds an idle child has to exit by itself when its slot closes (it flushes what its
+#: libraries still buffer, such as Prefect's logs and events) before it is killed.
+CLOSE_GRACE = 5.0
+
+#: A call factory and its config (JSON text): see the module docstring.
+Setup = tuple[str, str]
 
 
-def _child_main(conn: Connection, sys_path: list[str], modules: list[str], url: str | None) -> None:
+def _child_main(
+    conn: Connection,
+    sys_path: list[str],
+    modules: list[str],
+    url: str | None,
+    setup: Setup | None = None,
+) -> None:
     # The parent handles SIGINT/SIGTERM and decides what happens to running jobs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.path[:0] = [p for p in sys_path if p not in sys.path]
     resolver = Resolver(modules)
+    call: Call = direct_call
+    if setup is not None:
+        module, name = setup[0].split(":")
+        call = getattr(importlib.import_module(module), name)(json.loads(setup[1]))
     while True:
         try:
             job = Claimed(**json.loads(conn.recv_bytes()))
         except (EOFError, OSError):
             return
-        outcome = execute(job, resolver, url=url)
+        outcome = execute(job, resolver, call, url=url)
         conn.send_bytes(json.dumps(asdict(outcome)).encode())
 
 
@@ -48,12 +68,19 @@ class ProcessRunner:
 
     enforces_timeout = True
 
-    def __init__(self, modules: Sequence[str], url: str | None = None) -> None:
+    def __init__(
+        self,
+        modules: Sequence[str],
+        url: str | None = None,
+        setup: Callable[[], Setup] | None = None,
+    ) -> None:
         self._modules = list(modules)
         self._url = url
+        self._setup = setup  # asked each time a child starts
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._busy = False  # a job was sent and its outcome not yet read
 
     def _ensure(self) -> Connection:
         if self._proc is None or not self._proc.is_alive() or self._conn is None:
@@ -61,7 +88,13 @@ class ProcessRunner:
             parent, child = self._ctx.Pipe()
             self._proc = self._ctx.Process(
                 target=_child_main,
-                args=(child, list(sys.path), self._modules, self._url),
+                args=(
+                    child,
+                    list(sys.path),
+                    self._modules,
+                    self._url,
+                    None if self._setup is None else self._setup(),
+                ),
                 daemon=True,
             )
             self._proc.start()
@@ -77,6 +110,7 @@ class ProcessRunner:
             return Outcome("dead", one_line(e))
         conn = self._ensure()
         try:
+            self._busy = True
             conn.send_bytes(json.dumps(asdict(job)).encode())
             if not conn.poll(job.timeout):
                 self.close()
@@ -84,6 +118,7 @@ class ProcessRunner:
                     "fail", f"TimeoutError: job exceeded its timeout of {job.timeout:g}s"
                 )
             reply = json.loads(conn.recv_bytes())
+            self._busy = False
         except (EOFError, OSError, ValueError):
             code = self._proc.exitcode if self._proc else None
             self.close()
@@ -116,11 +151,16 @@ class ProcessRunner:
             os.kill(proc.pid, signal.SIGKILL)
 
     def close(self) -> None:
-        """Stop the child at once (its job, if any, is abandoned)."""
+        """Stop the child: an idle one is asked to exit (it gets ``CLOSE_GRACE`` seconds),
+        a busy one is killed at once (its job is abandoned)."""
+        idle = not self._busy
+        self._busy = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         if self._proc is not None:
+            if idle and self._proc.is_alive():
+                self._proc.join(CLOSE_GRACE)  # its end of the pipe sees EOF: it returns
             if self._proc.is_alive() and self._proc.pid is not None:
                 os.kill(self._proc.pid, signal.SIGKILL)
             self._proc.join(5)

@@ -21,6 +21,7 @@ from .validation import (
     validate_alias,
     validate_key,
     validate_name,
+    validate_tags,
     validate_target,
 )
 
@@ -154,12 +155,14 @@ class Queue:
         on_parent_failure: str = "dead",
         result_ttl: int | None = None,
         job_id: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Job:
         """Queue one job. ``depends_on``: jobs (or ids, of this queue) that must succeed
         first; it waits (status ``waiting``), then takes its own place in line. With
         ``gather`` it receives their results, in their push order, as ``results``.
         ``job_id``: an id of the caller's choosing, usable wherever an id is (refused if
-        taken); fifoflow keeps its own id too, which carries the job's place in line."""
+        taken); fifoflow keeps its own id too, which carries the job's place in line.
+        ``tags``: labels of the job (Prefect mode puts them on its child flow runs)."""
         return self.push_many(
             target,
             [params],
@@ -175,6 +178,7 @@ class Queue:
             on_parent_failure=on_parent_failure,
             result_ttl=result_ttl,
             job_id=job_id,
+            tags=tags,
         )[0]
 
     def push_many(
@@ -196,6 +200,7 @@ class Queue:
         result_ttl: int | None = None,
         job_id: str | None = None,
         on_batch: Callable[[int], object] | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Job]:
         """Queue one job per parameter set, all or none: everything is checked before
         anything is sent, and a push of many batches becomes visible in one step, so a
@@ -221,6 +226,7 @@ class Queue:
             on_parent_failure=on_parent_failure,
             result_ttl=None if result_ttl is None else integer("result_ttl", result_ttl, 1),
             alias=validate_alias(job_id),
+            tags=validate_tags(tags),
         )
         if mode and not spec.parents:
             raise UsageError("gather needs depends_on: the jobs whose results it gathers")

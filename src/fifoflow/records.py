@@ -22,8 +22,8 @@ def nonce() -> str:
 
 
 #: Fields per claimed job in a script's reply: id, target, params, timeout, attempts,
-#: gather mode, gathered results.
-CLAIM_FIELDS = 7
+#: gather mode, gathered results, tags, when it entered the line.
+CLAIM_FIELDS = 9
 
 OutcomeKind = Literal["ok", "fail", "dead"]
 
@@ -45,6 +45,8 @@ class PushSpec:
     on_parent_failure: str = "dead"  # 'dead' | 'run'
     result_ttl: int | None = None
     alias: str | None = None
+    #: Labels of the jobs (Prefect mode puts them on the child flow runs).
+    tags: tuple[str, ...] = ()
 
     def args(self) -> list[str]:
         """In the order of ``push_spec`` in ``_common.lua`` (``SPEC_LEN`` of them)."""
@@ -61,6 +63,7 @@ class PushSpec:
             self.on_parent_failure,
             "" if self.result_ttl is None else str(self.result_ttl),
             self.alias or "",
+            json.dumps(list(self.tags)) if self.tags else "",
         ]
 
 
@@ -98,6 +101,11 @@ class Claimed:
     attempts: int
     gather: str = ""  # '' | 'results' | 'input': how its parents' results reach it
     gathered: str = ""  # their results, a JSON array text
+    tags: str = ""  # the job's tags, a JSON array text ('' = none)
+    queued_at: float | None = None  # when it last entered the line (Unix seconds)
+
+    def tag_list(self) -> list[str]:
+        return list(json.loads(self.tags)) if self.tags else []
 
 
 @dataclass(slots=True)
@@ -137,6 +145,8 @@ def parse_claimed(queue: str, token: str, flat: Sequence[str]) -> list[Claimed]:
             attempts=int(flat[i + 4]),
             gather=flat[i + 5],
             gathered=flat[i + 6],
+            tags=flat[i + 7],
+            queued_at=float(flat[i + 8]) if flat[i + 8] else None,
         )
         for i in range(0, len(flat), CLAIM_FIELDS)
     ]
@@ -186,4 +196,5 @@ def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any
         else [],
         "alias": raw.get(Field.ALIAS) or None,
         "flow_run_id": raw.get(Field.FLOW_RUN_ID) or None,
+        "tags": _load_json(raw.get(Field.TAGS)) or [],
     }

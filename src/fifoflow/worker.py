@@ -136,6 +136,10 @@ class Worker:
         """Called by a slot after each attempt, before its report (a hook for modes that
         keep their own account, such as Prefect's summary)."""
 
+    def attempt_reported(self, job: Claimed, outcome: Outcome, result: str) -> None:
+        """Called by a slot once an attempt's outcome is recorded: ``result`` is what the
+        server made of it (succeeded, retry, dead, cancelled or stale). A hook."""
+
     def make_runner(self, resolver: Resolver) -> Runner:
         if self.processes:
             return ProcessRunner(self.modules, self.broker.url)

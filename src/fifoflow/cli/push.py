@@ -82,6 +82,10 @@ def push(
     result_ttl: Annotated[
         int | None, typer.Option(min=1, help="Seconds its record is kept once finished.")
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="A tag (on its Prefect child flow runs); repeatable."),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Queue one job per parameter set; print one job id per line."""
@@ -106,6 +110,7 @@ def push(
         on_parent_failure=on_parent_failure,
         job_id=job_id,
         result_ttl=result_ttl,
+        tags=tag,
     )
     with progress("pushing") as bar:
         task = bar.add_task("push", total=len(sets))

@@ -28,6 +28,13 @@ def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Slots.")] = 1,
     burst: Annotated[bool, typer.Option(help="Exit once the queues are drained.")] = False,
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect parent flow.")] = False,
+    run_name: Annotated[
+        str | None,
+        typer.Option(
+            "--run-name",
+            help="With --prefect: child flow run names from params, e.g. 'lr={lr}-bs={bs}'.",
+        ),
+    ] = None,
     processes: Annotated[
         bool, typer.Option(help="Run each slot's jobs in a child process (killable on timeout).")
     ] = False,
@@ -66,8 +73,8 @@ def worker(
     )
     if not grace >= 0:  # NaN too
         raise UsageError("--grace must be >= 0")
-    if prefect and processes:
-        raise UsageError("--prefect and --processes cannot be combined")
+    if run_name is not None and not prefect:
+        raise UsageError("--run-name names Prefect flow runs: it needs --prefect")
     # Like celery and rq: modules in the current folder are importable.
     sys.path.insert(0, os.getcwd())
     kwargs: dict[str, Any] = dict(
@@ -93,7 +100,7 @@ def worker(
             raise UsageError(
                 f"--prefect needs Prefect: pip install 'fifoflow[prefect]' ({e})"
             ) from None
-        code = PrefectWorker(**kwargs).run(burst=burst)
+        code = PrefectWorker(run_name=run_name, **kwargs).run(burst=burst)
     else:
         from ..worker import Worker
 

@@ -77,6 +77,7 @@ def create_child_run(
     tracking: Task[..., Any],
     parameters: dict[str, Any],
     tags: list[str],
+    name: str | None = None,
 ) -> FlowRun:
     """The child's flow run, created the way Prefect records a subflow: a tracking task
     run in the dispatcher's flow run, and a flow run whose parent_task_run_id is it.
@@ -84,6 +85,8 @@ def create_child_run(
     Created here rather than by Prefect's subflow call so that (1) the dynamic key is a
     UUID, never a per-flow counter shared by the slot threads, and (2) a "database is
     busy" answer of a SQLite-backed API is retried within milliseconds (``api_client``).
+    ``name``: the run's name (``--run-name``); by default ``JOB-tryN``, or the flow's own
+    ``flow_run_name``, which Prefect applies when the run starts.
     """
     task_run = client.create_task_run(
         task=tracking,
@@ -96,7 +99,7 @@ def create_child_run(
     )
     return client.create_flow_run(
         flow=child,
-        name=None if child.flow_run_name else f"{job.id}-try{job.attempt}",
+        name=name or (None if child.flow_run_name else f"{job.id}-try{job.attempt}"),
         parameters=child.serialize_parameters(parameters),
         tags=tags,
         parent_task_run_id=task_run.id,

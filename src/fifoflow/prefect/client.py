@@ -24,10 +24,22 @@ def api_client() -> Iterator[SyncPrefectClient]:
     CSRF tokens keep Prefect's client as it is.
     """
     with get_client(sync_client=True) as client:
-        http = getattr(client, "_client", None)
-        if isinstance(http, httpx.Client) and not getattr(http, "enable_csrf_support", True):
-            setattr(http, "send", _quick_retry_send(http, http.send))  # noqa: B010
-        yield client
+        yield quick_retry(client)
+
+
+def quick_retry(client: SyncPrefectClient) -> SyncPrefectClient:
+    """Make ``client`` retry "busy" answers within milliseconds (see ``api_client``); for
+    a client made elsewhere, such as the one Prefect's engine runs flows with (its
+    ``SyncClientContext``). Idempotent."""
+    http = getattr(client, "_client", None)
+    if (
+        isinstance(http, httpx.Client)
+        and not getattr(http, "enable_csrf_support", True)
+        and not getattr(http, "_fifoflow_quick", False)
+    ):
+        setattr(http, "send", _quick_retry_send(http, http.send))  # noqa: B010
+        setattr(http, "_fifoflow_quick", True)  # noqa: B010
+    return client
 
 
 def _quick_retry_send(

@@ -16,6 +16,11 @@ subflow called from inside a task logs onto that task, PrefectHQ/prefect#19449).
 A child that ends Failed, Crashed or Cancelled raises, so fifoflow counts the attempt as
 failed and retries it with its own back-off; the child's flow run id travels in the
 attempt's outcome (``extra``) and is stored on the job record whatever the outcome.
+
+With ``processes=True`` each slot runs its attempts in a process of its own
+(``procchild``), which creates the same child runs under the same dispatcher run.
+``run_name`` names child runs from the job's params (``runname``); each job's lifecycle
+is emitted as Prefect events on its runs (``events``).
 """
 
 from __future__ import annotations
@@ -31,29 +36,32 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
 
-import prefect
-from prefect import Flow, Task
+from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, SyncClientContext
 from prefect.logging import get_run_logger
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import temporary_settings
 from prefect.states import Crashed
-from prefect.utilities.callables import get_call_parameters
 
+from ..allowlist import Resolver
 from ..execution import JobInfo, run_as
+from ..procslot import ProcessRunner, Setup
 from ..records import Claimed, Outcome
+from ..slots import Runner
 from ..worker import Worker
-from .children import ChildRunFailed, create_child_run, make_child_flow, run_to_state
-from .client import api_client
+from .attempts import CHILD_TAG, Attempts
+from .client import api_client, quick_retry
+from .events import FINAL
+from .procchild import FACTORY
+from .runname import RunName
 from .summary import Summary
 
 log = logging.getLogger("fifoflow.prefect")
 
 #: Flow name of the parent run every worker enters.
 DISPATCHER_FLOW = "fifoflow-dispatcher"
-#: Tags put on every child flow run (and the tasks inside it).
-CHILD_TAG = "fifoflow"
+__all__ = ["CHILD_TAG", "DISPATCHER_FLOW", "PrefectWorker"]
 #: Without PREFECT_API_URL, Prefect starts a local API server, which creates its database
 #: the first time: on a small or busy machine that outlasts Prefect's default of 20 s.
 EPHEMERAL_STARTUP_TIMEOUT = 120
@@ -73,10 +81,15 @@ def patient_startup() -> Iterator[None]:
 class PrefectWorker(Worker):
     """A ``Worker`` that runs as a Prefect parent flow, each job a child flow run of it.
 
-    Same constructor as ``Worker``; ``run(burst=False)`` returns like it. Works against
-    any Prefect API: a server (``PREFECT_API_URL``) or, with none set, Prefect's local
-    ephemeral API on the SQLite database in ``PREFECT_HOME``.
+    Same constructor as ``Worker``, plus ``run_name`` (a template over the job's params,
+    such as ``"lr={lr}-bs={batch_size}"``) and ``events`` (emit each job's lifecycle as
+    Prefect events); ``run(burst=False)`` returns like it. Works against any Prefect API:
+    a server (``PREFECT_API_URL``) or, with none set, Prefect's local ephemeral API on the
+    SQLite database in ``PREFECT_HOME``.
     """
+
+    #: ``processes=True`` runs each slot's child flow runs in a process of its own.
+    supports_processes = True
 
     #: Prefect flow run heartbeats for children. Off: they only matter to detect crashed
     #: runs of deployments, and in Prefect 3.8/3.9 each run with heartbeats spends up to a
@@ -87,15 +100,19 @@ class PrefectWorker(Worker):
     #: Seconds between re-publications of the summary while the worker runs (and at the end).
     summary_interval: float = 60.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, run_name: str | None = None, events: bool = True, **kwargs: Any
+    ) -> None:
+        #: The checked ``--run-name`` template (a bad one is refused before anything runs).
+        self.run_name_template = RunName(run_name) if run_name is not None else None
+        self.events = events
         super().__init__(*args, **kwargs)
         # Every Prefect API call would be an INFO line of httpx's under a root logger at INFO.
         httpx_log = logging.getLogger("httpx")
         if httpx_log.level == logging.NOTSET:
             httpx_log.setLevel(logging.WARNING)
         self._parent_ctx: contextvars.Context | None = None
-        self._flows: dict[tuple[str, float | None], tuple[Flow[..., Any], Task[..., Any]]] = {}
-        self._flows_lock = threading.Lock()
+        self._attempts: Attempts | None = None
         self._summary = Summary(
             self.name, list(self.queues), self.summary_rows, self.summary_interval
         )
@@ -167,7 +184,16 @@ class PrefectWorker(Worker):
         )
         with settings:
             self._parent_ctx = contextvars.copy_context()
-        with api_client() as self._api:
+        # One client for everything: the engine runs each child with the client of the
+        # dispatcher's run (its SyncClientContext, in the copied context), so creating the
+        # runs with it too shares one connection pool, and both retry "busy" quickly.
+        engine = SyncClientContext.get()
+        own = api_client() if engine is None else contextlib.nullcontext(engine.client)
+        with own as client:
+            self._api = quick_retry(client)
+            self._attempts = Attempts(
+                self._api, self.flow_run_id, self.name, self.run_name_template, self.events
+            )
             try:
                 return Worker.run(self, burst)
             finally:
@@ -197,12 +223,51 @@ class PrefectWorker(Worker):
 
     # -- one job, one child flow run ----------------------------------------------------
 
+    def make_runner(self, resolver: Resolver) -> Runner:
+        if self.processes:
+            return ProcessRunner(self.modules, self.broker.url, setup=self._process_setup)
+        return super().make_runner(resolver)
+
+    def _process_setup(self) -> Setup:
+        """What a process slot's child needs to run attempts (asked when it starts)."""
+        if self._api is None or self.flow_run_id is None:  # pragma: no cover - run() first
+            raise RuntimeError("process slots start only inside PrefectWorker.run")
+        template = self.run_name_template
+        config = {
+            "api_url": str(self._api.api_url).rstrip("/"),
+            "dispatcher_run_id": self.flow_run_id,
+            "worker": self.name,
+            "run_name": template.template if template else None,
+            "heartbeats": self.child_heartbeats,
+            "events": self.events,
+        }
+        return FACTORY, json.dumps(config)
+
     def attempt_done(self, job: Claimed, outcome: Outcome, duration: float) -> None:
-        """An attempt refused before any child run existed (params that do not fit, a
-        target that does not exist) still gets its row in the summary."""
-        if "flow_run_id" not in outcome.extra:
-            info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
+        """The summary row of an attempt run in a process slot, or refused before any
+        child run existed (params that do not fit, a target that does not exist)."""
+        extra = dict(outcome.extra)
+        state = extra.pop("flow_run_state", None)  # from a process slot: not for the record
+        outcome.extra = extra
+        run_id = extra.get("flow_run_id")
+        info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
+        if run_id is None:
             self._summary.note(info, json.loads(job.params), "NotStarted", duration, None)
+        elif self.processes:
+            shown = state or "Crashed"
+            self._summary.note(info, json.loads(job.params), shown, duration, run_id)
+            if self._parent_ctx is not None:
+                self._parent_ctx.copy().run(self._log_to_dispatcher, info, shown, duration, run_id)
+
+    def attempt_reported(self, job: Claimed, outcome: Outcome, result: str) -> None:
+        """The attempt's recorded outcome, as the last event of its child run."""
+        run_id = outcome.extra.get("flow_run_id")
+        what = FINAL.get(result)
+        if run_id is None or what is None or self._attempts is None:
+            return
+        info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
+        payload = {} if outcome.kind == "ok" else {"error": outcome.payload}
+        self._attempts.emit(what, info, run_id, payload=payload)
 
     def call(
         self, job: JobInfo, fn: Callable[..., Any], kwargs: dict[str, Any], extra: dict[str, str]
@@ -217,24 +282,18 @@ class PrefectWorker(Worker):
     def _run_child(
         self, job: JobInfo, fn: Callable[..., Any], params: dict[str, Any], extra: dict[str, str]
     ) -> Any:
-        client = self._api
-        if client is None or self.flow_run_id is None:  # pragma: no cover - set by run()
+        attempts = self._attempts
+        if attempts is None:  # pragma: no cover - set by run()
             raise RuntimeError("the dispatcher has no API client")
-        child, tracking = self._child_flow(job, fn)
         started = time.monotonic()
-        tags = [CHILD_TAG, f"fifoflow-queue:{job.queue}"]
-        parameters = get_call_parameters(child.fn, (), params)
-        flow_run = create_child_run(
-            client, self.flow_run_id, job, child, tracking, parameters, tags
-        )
-        run_id = str(flow_run.id)
+        child = attempts.create(job, fn, params)
+        run_id = child.run_id
         extra["flow_run_id"] = run_id
         with self._active_lock:
             self._active[run_id] = job.id
         self._summary.note(job, params, "Running", 0.0, run_id, final=False)
         try:
-            with prefect.tags(*tags):
-                state = run_to_state(child, flow_run, parameters)
+            state = attempts.run(job, child)
         except Exception:
             self._summary.note(job, params, "Crashed", time.monotonic() - started, run_id)
             raise
@@ -244,24 +303,7 @@ class PrefectWorker(Worker):
         duration = time.monotonic() - started
         self._summary.note(job, params, str(state.name), duration, run_id)
         self._log_to_dispatcher(job, str(state.name), duration, run_id)
-        if state.is_completed():
-            return state.result()
-        state.result()  # re-raises the child's own exception
-        raise ChildRunFailed(f"child flow run {run_id} ended {state.name}: {state.message}")
-
-    def _child_flow(
-        self, job: JobInfo, fn: Callable[..., Any]
-    ) -> tuple[Flow[..., Any], Task[..., Any]]:
-        timeout = job.timeout
-        key = (job.target, timeout)
-        with self._flows_lock:
-            pair = self._flows.get(key)
-            if pair is None:
-                child = make_child_flow(job.target, fn, timeout)
-                # What Prefect's own subflow call puts in the parent run for a child.
-                tracking = Task(name=child.name, fn=child.fn, version=child.version)
-                pair = self._flows[key] = (child, tracking)
-        return pair
+        return attempts.outcome(state, run_id)
 
     def _log_to_dispatcher(self, job: JobInfo, state: str, duration: float, run_id: str) -> None:
         # Back in the dispatcher's context: this line lands on the dispatcher's own run.

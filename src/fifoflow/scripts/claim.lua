@@ -2,8 +2,9 @@
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- ARGV[1..] the claim request: worker, lease seconds, N, nonce, max_lost, ttl, refill,
 --           resend, pools... (see claim_request in _common.lua)
--- Returns  {next_event_seconds, then 7 fields a job: id, target, params, timeout, attempts,
---           gather mode ('' | 'results' | 'input'), gathered results (JSON array text)}
+-- Returns  {next_event_seconds, then 9 fields a job: id, target, params, timeout, attempts,
+--           gather mode ('' | 'results' | 'input'), gathered results (JSON array text),
+--           tags (JSON array text or ''), queued at (Unix seconds)}
 local P = KEYS[1]
 local req = claim_request(ARGV, 1)
 local now = now_s()

@@ -11,7 +11,7 @@
 -- ARGV[7]  retry base seconds     ARGV[8] retry cap seconds    ARGV[9] jitter in [0.5, 1]
 -- ARGV[10] the worker's slot that ran it ('' if none): for the timeline
 -- ARGV[11..] the claim request for the slot's next job (N = 0: none), as in claim.lua
--- Returns  {outcome, next_event_seconds, claimed jobs (7 fields each)...}
+-- Returns  {outcome, next_event_seconds, claimed jobs (9 fields each)...}
 --          outcome: 'succeeded' | 'retry' | 'dead' | 'cancelled' | 'stale'
 local P = KEYS[1]
 local job_id, token, outcome, payload, tb, extra = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
