@@ -55,6 +55,7 @@ def measure(slots: int, mode: str, n: int, url: str) -> dict[str, Any]:
         return {"refused": "--prefect --processes refused by this version"}
     q = Queue(f"bench-pscale-{mode}-{slots}-{os.getpid()}", url=url)
     q.push_many("prefect_scaling:noop", [{} for _ in range(n)])
+    options = {"events": False} if os.environ.get("BENCH_NO_EVENTS") else {}
     worker = PrefectWorker(
         [q.name],
         ["prefect_scaling"],
@@ -62,6 +63,7 @@ def measure(slots: int, mode: str, n: int, url: str) -> dict[str, Any]:
         processes=mode == "processes",
         url=url,
         grace=5,
+        **options,
     )
     cpu0 = _cpu_self()
     started = time.monotonic()
@@ -200,6 +202,7 @@ def main() -> int:
     p.add_argument("--modes", nargs="+", default=["threads", "processes"])
     p.add_argument("--api", help="a running Prefect API [start `prefect server start`]")
     p.add_argument("--json", help="also write the raw results to this file")
+    p.add_argument("--no-events", action="store_true", help="PrefectWorker(events=False)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -207,6 +210,8 @@ def main() -> int:
         print(json.dumps(measure(slots, mode, n, url)))
         return 0
 
+    if args.no_events:
+        os.environ["BENCH_NO_EVENTS"] = "1"
     tmp = Path(tempfile.mkdtemp(prefix="ffbench-pscale-"))
     (tmp / "client").mkdir()
     os.environ["FIFOFLOW_HOME"] = str(tmp / "ff")

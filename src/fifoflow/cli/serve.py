@@ -35,6 +35,10 @@ def worker(
             help="With --prefect: child flow run names from params, e.g. 'lr={lr}-bs={bs}'.",
         ),
     ] = None,
+    job_events: Annotated[
+        bool,
+        typer.Option(help="With --prefect: emit each job's lifecycle as Prefect events."),
+    ] = True,
     processes: Annotated[
         bool, typer.Option(help="Run each slot's jobs in a child process (killable on timeout).")
     ] = False,
@@ -100,7 +104,8 @@ def worker(
             raise UsageError(
                 f"--prefect needs Prefect: pip install 'fifoflow[prefect]' ({e})"
             ) from None
-        code = PrefectWorker(run_name=run_name, **kwargs).run(burst=burst)
+        worker = PrefectWorker(run_name=run_name, events=job_events, **kwargs)
+        code = worker.run(burst=burst)
     else:
         from ..worker import Worker
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import prefect
 from prefect import Flow, Task
@@ -58,6 +59,7 @@ class Attempts:
         self.client, self.dispatcher_run_id = client, dispatcher_run_id
         self.worker, self.run_name, self.events = worker, run_name, events
         self._flows: dict[tuple[str, float | None], tuple[Flow[..., Any], Task[..., Any]]] = {}
+        self._flow_ids: dict[str, UUID] = {}  # flow name -> its id in the API
         self._lock = threading.Lock()
 
     def child_flow(
@@ -82,8 +84,19 @@ class Attempts:
         parameters = get_call_parameters(flow.fn, (), params)
         name = self.run_name.render(job.id, parameters) if self.run_name else None
         tags = list(dict.fromkeys([CHILD_TAG, f"fifoflow-queue:{job.queue}", *job.tags]))
+        flow_id = self._flow_ids.get(flow.name)
+        if flow_id is None:  # once per flow (the API upserts it by name)
+            flow_id = self._flow_ids[flow.name] = self.client.create_flow(flow)
         run = create_child_run(
-            self.client, self.dispatcher_run_id, job, flow, tracking, parameters, tags, name
+            self.client,
+            self.dispatcher_run_id,
+            job,
+            flow,
+            tracking,
+            parameters,
+            tags,
+            name,
+            flow_id,
         )
         child = Child(flow, run, parameters, tags)
         self.emit("queued", job, child.run_id, occurred=job.queued_at)
