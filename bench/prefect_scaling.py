@@ -210,6 +210,9 @@ def main() -> int:
         print(json.dumps(measure(slots, mode, n, url)))
         return 0
 
+    # A stop (SIGTERM, or SIGINT where a shell left it ignored) still stops the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.no_events:
         os.environ["BENCH_NO_EVENTS"] = "1"
     tmp = Path(tempfile.mkdtemp(prefix="ffbench-pscale-"))

@@ -7,7 +7,8 @@ child runs the same ``execution.execute`` as a thread slot; the parent checks th
 allow-list before sending, so a disallowed target is never imported anywhere. A mode that
 calls functions its own way (Prefect: each attempt a child flow run) names a *call
 factory*, ``"module:function"`` taking a JSON-able config and returning the ``Call`` the
-child passes to ``execute`` (``setup``).
+child passes to ``execute`` (``setup``); the config's ``"env"`` (if any) is set in the
+child's environment before the factory's module is imported.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def _child_main(
     call: Call = direct_call
     if setup is not None:
         module, name = setup[0].split(":")
-        call = getattr(importlib.import_module(module), name)(json.loads(setup[1]))
+        config = json.loads(setup[1])
+        os.environ.update(config.get("env") or {})
+        call = getattr(importlib.import_module(module), name)(config)
     while True:
         try:
             job = Claimed(**json.loads(conn.recv_bytes()))

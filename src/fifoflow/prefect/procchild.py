@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 from typing import Any
 
 from ..execution import Call, JobInfo
@@ -25,9 +24,8 @@ FACTORY = f"{__name__}:make_call"
 
 def make_call(config: dict[str, Any]) -> Call:
     """The ``Call`` a process slot runs attempts with (see the module docstring)."""
-    if config.get("api_url"):
-        os.environ["PREFECT_API_URL"] = config["api_url"]
-    # Prefect reads its settings at import: only now, with the API set.
+    # Prefect reads its settings at import: ``procslot`` set ``config["env"]`` (the API's
+    # URL) before it imported this module, and so Prefect.
     from prefect.context import SyncClientContext
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import temporary_settings

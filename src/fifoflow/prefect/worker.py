@@ -234,7 +234,7 @@ class PrefectWorker(Worker):
             raise RuntimeError("process slots start only inside PrefectWorker.run")
         template = self.run_name_template
         config = {
-            "api_url": str(self._api.api_url).rstrip("/"),
+            "env": {"PREFECT_API_URL": str(self._api.api_url).rstrip("/")},
             "dispatcher_run_id": self.flow_run_id,
             "worker": self.name,
             "run_name": template.template if template else None,
