@@ -38,7 +38,8 @@ $(MIN_VENV)/.installed: pyproject.toml
 test-redis-min: $(MIN_VENV)/.installed
 	$(MIN_VENV)/bin/python -c 'import redis; assert redis.__version__ == "$(REDIS_MIN)", redis.__version__'
 	$(MIN_VENV)/bin/python -m pytest -n 2 --dist loadfile -q \
-		--ignore=tests/test_prefect_worker.py --ignore=tests/test_prefect_demo.py $(PYTEST_ARGS)
+		--ignore=tests/test_prefect_worker.py --ignore=tests/test_prefect_demo.py \
+		--ignore=tests/test_prefect_deployment.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -159,10 +159,31 @@ def redis_server() -> Iterator[RedisServer]:
     srv.close()
 
 
-@pytest.fixture(params=["valkey", "redis"])
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """A Redis Cluster of 3 masters + 3 replicas (Debian's redis-server on free loopback
+    ports, ``redis-cli --cluster create``), one per test process, stopped by pid."""
+    import clusterkit
+
+    why = clusterkit.have("redis-server", "redis-cli")
+    if why:
+        pytest.skip(why)
+    c = clusterkit.Cluster()
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=["valkey", "redis", "cluster"])
 def any_url(request: pytest.FixtureRequest) -> str:
-    """The URL of each real server kind in turn: core tests run against both."""
-    srv = request.getfixturevalue("valkey" if request.param == "valkey" else "redis_server")
+    """The URL of each real server kind in turn: core tests run against a single Valkey, a
+    single redis-server and a 6-node Redis Cluster. A test that needs one server (it kills
+    it, reads CLIENT LIST) says so with ``@pytest.mark.single_server``."""
+    if request.param == "cluster" and request.node.get_closest_marker("single_server"):
+        pytest.skip(
+            "needs a single server: " + request.node.get_closest_marker("single_server").args[0]
+        )
+    name = {"valkey": "valkey", "redis": "redis_server", "cluster": "cluster"}[request.param]
+    srv = request.getfixturevalue(name)
     return str(srv.url)
 
 
@@ -283,7 +304,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 
 
 def blocked_ids(client: redis.Redis) -> set[int]:
-    """Ids of the server's clients blocked in a blocking command (an idle worker's wait)."""
+    """Ids of the server's clients blocked in a blocking command (an idle worker's wait);
+    on a cluster, of every master's (each id tagged with its node's port, id * 2**16)."""
+    if hasattr(client, "get_primaries"):
+        out: set[int] = set()
+        for node in client.get_primaries():
+            conn = client.get_redis_connection(node)
+            out |= {i * 65536 + int(node.port) for i in blocked_ids(conn)}
+        return out
     return {int(c["id"]) for c in client.client_list() if "b" in str(c.get("flags", ""))}
 
 

@@ -14,6 +14,13 @@ import pytest
 from conftest import EmbeddedServer, Processes, blocked_ids, run_cli, wait_blocked, wait_for
 from fifoflow import Queue
 
+
+@pytest.fixture(params=["valkey", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    """Worker processes against the embedded Valkey and against the 6-node cluster."""
+    return str(request.getfixturevalue(request.param).url)
+
+
 FAST = {"FIFOFLOW_RETRY_BASE_SECONDS": "0.05"}
 
 

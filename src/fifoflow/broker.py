@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from .broker_push import Producing
 from .broker_reads import BrokerReads
 from .broker_schedules import Scheduling
 from .connection import connect, resolve_url
-from .errors import ServerOutOfMemory, is_oom, out_of_memory
+from .errors import NotReplicated, ServerOutOfMemory, is_oom, out_of_memory
 from .records import (
     Claim,
     Claimed,
@@ -42,13 +42,15 @@ from .records import (
 )
 from .registry import WorkerRegistry
 from .settings import Settings, get_settings
+from .topology import TRANSIENT, Lane, Topology, replica_wait, replicated_ok, resend_pauses
 
 log = logging.getLogger(__name__)
 
-#: Re-sends of a call whose reply may have been lost, and the pause before each.
-RESENDS = (0.05, 0.25, 1.0)
 #: A connection error or timeout: the call may or may not have run.
 LOST = (redis.ConnectionError, redis.TimeoutError)
+#: The scripts that acknowledge a push or a completion: with durability ``replicated``
+#: they wait for one replica.
+REPLICATED = frozenset({"push", "commit", "complete", "once"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,11 @@ class Policy:
         )
 
 
+@contextlib.contextmanager
+def _held(conn: redis.Connection) -> Iterator[redis.Connection]:
+    yield conn
+
+
 class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
     """State changes and reads of every queue on one server. Thread-safe."""
 
@@ -86,6 +93,11 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
         #: The server's URL, when the broker made its own client (may hold a password).
         self.url: str | None = None
         self._registered: set[str] = set()
+        self.topology = Topology(client)
+        #: How long a call keeps re-sending while a primary fails over (0: a few quick
+        #: re-sends only; a worker's calls retry for ever under its own policy instead).
+        self.failover_seconds = self.settings.failover_seconds if self.topology.replicated else 0.0
+        self._after = replica_wait(self.settings)
 
     @classmethod
     def connect(
@@ -105,6 +117,8 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
         url = resolve_url(url, settings)
         broker = cls(connect(url, settings=settings, **extra), settings, max_lost=max_lost)
         broker.url = url
+        if name:  # a worker's calls: retried under the worker's policy, for ever
+            broker.failover_seconds = 0.0
         return broker
 
     def close(self) -> None:
@@ -113,9 +127,9 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
     # -- the one script path -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[redis.Connection]:
-        """A connection of the pool for the caller alone; broken ones are disconnected."""
-        pool = self.client.connection_pool
+    def connection(self, queue: str) -> Iterator[redis.Connection]:
+        """A connection to the queue's node, for the caller alone (broken: disconnected)."""
+        pool = self.topology.pool(queue)
         conn = pool.get_connection()
         try:
             yield conn
@@ -125,42 +139,66 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
         finally:
             pool.release(conn)
 
+    def lane(self, per_slot: bool = False) -> Lane:
+        """Connections of the caller's own, one per node (``per_slot``: per queue on a
+        cluster) for a worker slot, the dispatcher; pass it as ``conn`` to the calls
+        that take one."""
+        return Lane(self.topology, per_slot)
+
     def _script(
         self,
         name: str,
         queue: str,
         args: Sequence[Any],
         *,
-        conn: redis.Connection | None = None,
+        conn: Lane | None = None,
         before: Sequence[Sequence[Any]] = (),
         resend_at: int | None = None,
         resent: bool = False,
+        meanwhile: Callable[[], object] | None = None,
     ) -> tuple[list[Any], Any]:
         """Run a script, re-sending it if its reply may have been lost (every script is
         idempotent, see the module docstring; ``before`` commands are never re-sent).
         ``args[resend_at]`` is set to '1' on a re-send (here, or by a caller that already
         sent it: ``resent``): the script then looks for what the first send did, so the
-        common path pays nothing for it."""
+        common path pays nothing for it. On a cluster or under Sentinel, an error that says
+        the queue's primary moved or is failing over refreshes the routing first.
+        With durability ``replicated``, pushes and completions wait for one replica
+        (``WAIT``, in the same packet) before they count as done."""
         key = keys.prefix(queue)
-        pauses = iter(RESENDS)
+        after = self._after if name in REPLICATED else ()
+        pauses = resend_pauses(self.failover_seconds)
         while True:
             if resent and resend_at is not None:
                 args = [*args[:resend_at], "1", *args[resend_at + 1 :]]
+            c: redis.Connection | None = None
             try:
-                with self.connection() if conn is None else contextlib.nullcontext(conn) as c:
-                    return scripts.run(c, name, key, args, before=before)
-            except LOST:
-                if conn is not None:
-                    conn.disconnect()  # type: ignore[no-untyped-call]
-                pause = next(pauses, None)
+                with self.connection(queue) if conn is None else _held(conn.get(queue)) as c:
+                    replies, reply = scripts.run(
+                        c, name, key, args, before=before, after=after, meanwhile=meanwhile
+                    )
+                if after and not replicated_ok(replies[-1]):
+                    raise NotReplicated(
+                        f"{name}: no replica confirmed it within {self._after[0][2]} ms "
+                        "(applied on the primary, not acknowledged; durability is replicated: "
+                        "give the primary a replica, or set FIFOFLOW_DURABILITY=local)"
+                    )
+            except (*LOST, *TRANSIENT, NotReplicated) as e:
+                if conn is not None and c is not None and isinstance(e, LOST):
+                    conn.broken(c)
+                self.topology.failed(queue, e)
+                resend = isinstance(e, (*LOST, NotReplicated))
+                pause = next(pauses, None) if resend or self.failover_seconds > 0 else None
                 if pause is None or before:
                     raise
                 time.sleep(pause)
-                resent = True
+                resent = resent or resend
+                continue
             except redis.ResponseError as e:
                 if is_oom(e):
                     raise ServerOutOfMemory(out_of_memory(name)) from None
                 raise
+            return (replies[: -len(after)] if after else replies), reply
 
     #: Where the resend flag sits in a claim request.
     CLAIM_RESEND = 7
@@ -187,7 +225,7 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
         queue: str,
         req: ClaimRequest,
         *,
-        conn: redis.Connection | None = None,
+        conn: Lane | None = None,
         resent: bool = False,
     ) -> Claim:
         """Claim up to ``req.n`` jobs. ``resent``: this request may have run already (an
@@ -200,18 +238,20 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
 
     def wait_and_claim(
         self,
-        conn: redis.Connection,
+        conn: Lane,
         wake_keys: Sequence[str],
         timeout: float,
         queue: str,
         req: ClaimRequest,
+        meanwhile: Callable[[], object] | None = None,
     ) -> tuple[str | None, Claim]:
-        """Block on the wake lists (BLPOP) with a claim pipelined behind it: the server runs
-        the claim the moment the wait ends, so a push reaches an idle slot in one hop.
-        Returns the wake list a token came from (None: timed out or unblocked)."""
+        """Block on the wake lists (BLPOP, all on the queue's node) with a claim pipelined
+        behind it: the server runs the claim the moment the wait ends, so a push reaches an
+        idle slot in one hop. Returns the wake list a token came from (None: timed out or
+        unblocked). ``meanwhile``: called while the wait is under way."""
         wait = ("BLPOP", *wake_keys, timeout)
         (woke,), reply = self._script(
-            "claim", queue, self._claim_args(req), conn=conn, before=[wait]
+            "claim", queue, self._claim_args(req), conn=conn, before=[wait], meanwhile=meanwhile
         )
         popped = woke[0] if isinstance(woke, list | tuple) and woke else None
         return popped, Claim(float(reply[0]), parse_claimed(queue, req.nonce, reply[1:]))
@@ -227,7 +267,7 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
         next_claim: ClaimRequest | None = None,
         *,
         slot: int | None = None,
-        conn: redis.Connection | None = None,
+        conn: Lane | None = None,
         resent: bool = False,
     ) -> Completion:
         """Record one attempt's outcome and, with ``next_claim``, claim the slot's next

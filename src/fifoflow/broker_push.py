@@ -19,6 +19,7 @@ from .errors import (
 )
 from .keys import Key
 from .records import Pushed, PushSpec, nonce
+from .topology import Topology, ride
 
 #: Jobs per script call of a push; a push of more is staged and committed at once.
 BATCH = 5000
@@ -28,6 +29,8 @@ class Producing:
     client: redis.Redis
     policy: Any  # broker.Policy
     _registered: set[str]
+    topology: Topology
+    failover_seconds: float
     _script: Callable[..., tuple[list[Any], Any]]
 
     def push(
@@ -70,7 +73,7 @@ class Producing:
         if queue in self._registered:
             return
         try:
-            self.client.sadd(keys.QUEUES, queue)
+            ride(self.topology, self.failover_seconds, lambda: self.client.sadd(keys.QUEUES, queue))
         except redis.ResponseError as e:
             if is_oom(e):
                 raise ServerOutOfMemory(out_of_memory("push")) from None

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
-from . import server
+from . import server, topology
 from .errors import ConnectionFailed, UsageError
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
+#: Replicated deployments (``topology``): ``redis+cluster://``, ``redis+sentinel://``.
+MULTI_SCHEMES = topology.SCHEMES
 
 
 def resolve_url(url: str | None, settings: Settings | None = None) -> str:
@@ -27,12 +30,19 @@ def resolve_url(url: str | None, settings: Settings | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its passwords (the server's, and a ``sentinel_password`` or any
+    other ``*password`` query option), for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.password is None and "password" not in parts.query.lower():
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if "@" in parts.netloc:
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, colon, _ = auth.partition(":")
+        parts = parts._replace(netloc=f"{user}{colon and ':***'}@{hosts}")
+    if "password" in parts.query.lower():
+        query = re.sub(r"([^&=]*password[^&=]*)=[^&]*", r"\1=***", parts.query, flags=re.I)
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def connect(
@@ -52,9 +62,10 @@ def connect(
         scheme = urlsplit(url).scheme
     except ValueError as e:  # e.g. "Invalid IPv6 URL"; the URL may hold a password: not shown
         raise ConnectionFailed(f"invalid server URL: {e}") from None
-    if scheme not in SCHEMES:
+    if scheme not in SCHEMES and scheme not in MULTI_SCHEMES:
         raise ConnectionFailed(
-            f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss:// or unix://"
+            f"invalid server URL {redact(url)!r}: the scheme must be redis://, rediss://, unix://, "
+            "redis+cluster://, redis+sentinel:// (or rediss+ either, over TLS)"
         )
     options: dict[str, Any] = {
         "decode_responses": True,
@@ -66,7 +77,10 @@ def connect(
         options["socket_keepalive"] = True
     options.update(kwargs)
     try:
-        client: redis.Redis = redis.Redis.from_url(url, **options)
+        if scheme in MULTI_SCHEMES:
+            client: redis.Redis = topology.client_from_url(url, options)
+        else:
+            client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as e:
         raise ConnectionFailed(f"invalid server URL {redact(url)!r}: {e}") from None
     if check:

@@ -73,7 +73,9 @@ class DeathWatch:
         if not others or not w.retry.once(lambda: w.broker.running_count(queues)):
             self._suspects.clear()
             return
-        connected = w.retry.once(w.broker.connected_workers) if self._client_list else None
+        answered, connected = self._connected() if self._client_list else (True, None)
+        if not answered:  # a server did not answer: judge nobody by it this time
+            return
         if connected is None and self._client_list:
             self._client_list = False
             log.info(
@@ -90,6 +92,17 @@ class DeathWatch:
                 else:
                     suspects.add(name)
         self._suspects = suspects
+
+    def _connected(self) -> tuple[bool, set[str] | None]:
+        """Whether every master answered, and who is connected (to any master; None: a
+        server refuses CLIENT LIST)."""
+        try:
+            connected = self.w.broker.connected_workers()
+        except RETRYABLE as e:
+            self.w.health.failed(e)
+            return False, None
+        self.w.health.recovered()
+        return True, connected
 
     def _server_settled(self) -> bool:
         uptime = self.w.retry.once(self.w.broker.server_uptime)

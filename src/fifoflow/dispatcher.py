@@ -14,15 +14,14 @@ token while jobs stay ready: no job waits while a worker that could run it is id
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
-
-import redis
+import random
+from typing import TYPE_CHECKING
 
 from . import keys
 from .records import Claim, Claimed, ClaimRequest, nonce
 from .resilience import RETRYABLE, Stopping
+from .wakeups import Wakeups
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -37,34 +36,27 @@ MAX_BLOCK = 5.0
 class Dispatcher:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
-        self.wake_keys = [keys.wake(q, p) for q in worker.queues for p in worker.pools]
         self._queue_of = {keys.wake(q, p): q for q in worker.queues for p in worker.pools}
         self.max_block = min(MAX_BLOCK, worker.settings.socket_timeout / 2)
-        # BLPOP needs a connection of its own, whose id CLIENT UNBLOCK can name.
-        self._conn: redis.Connection = worker.broker.client.connection_pool.get_connection()
-        self._conn_id: int | None = None
-        self._conn.register_connect_callback(self._connected)  # type: ignore[no-untyped-call]
-        self._connected(self._conn)
-
-    def _connected(self, conn: Any) -> None:
-        # A reconnect (after an outage) gets a new id; CLIENT UNBLOCK must name the new one.
-        conn.send_command("CLIENT", "ID")
-        self._conn_id = int(conn.read_response())
+        # BLPOP needs connections of its own (one per node), whose ids CLIENT UNBLOCK names.
+        self.wakeups = Wakeups(worker)
+        #: Claims whose reply was lost while their queue's node failed over, by queue: sent
+        #: again (they return what they took) before that queue's next claim.
+        self._unsure: dict[str, ClaimRequest] = {}
+        self._failures = 0  # waits in a row that failed (a back-off before the next)
 
     def unblock(self) -> None:
         """End a blocking wait now (thread-safe)."""
-        if self._conn_id is not None:
-            with contextlib.suppress(*RETRYABLE):
-                self.w.broker.client.client_unblock(self._conn_id)
+        self.wakeups.unblock()
 
     def close(self) -> None:
-        self._conn.disconnect()  # type: ignore[no-untyped-call]
+        self.wakeups.close()
 
     def run(self, burst: bool) -> None:
         """Until the worker stops (or, with ``burst``, the queues are drained)."""
         w = self.w
         woken: list[Claimed] = []  # claimed in the same round trip as the wake-up
-        popped: str | None = None
+        popped: list[str] = []  # the wake lists whose tokens woke it
         while not w.stopping.is_set():
             idle = w.slots.wait_idle()
             if w.stopping.is_set():
@@ -79,7 +71,7 @@ class Dispatcher:
                 continue
             soonest = self.max_block
             # The claim pipelined behind the wait was the first queue's.
-            claimed_from = {w.queues[0]} if popped is not None else set()
+            claimed_from = {w.queues[0]} if popped else set()
             for q in w.queues:
                 if len(got) >= want:
                     break
@@ -89,9 +81,10 @@ class Dispatcher:
                 got += claim.jobs
                 if claim.next_event >= 0:
                     soonest = min(soonest, claim.next_event)
-            if popped is not None and self._queue_of[popped] not in claimed_from:
-                w.retry.once(lambda key=popped: w.broker.hand_back(key))  # type: ignore[misc]
-            popped = None
+            for key in popped:
+                if self._queue_of[key] not in claimed_from:
+                    w.retry.once(lambda key=key: w.broker.hand_back(key))  # type: ignore[misc]
+            popped = []
             if got:
                 w.slots.hand_out(got)
             if len(got) < want:
@@ -104,44 +97,70 @@ class Dispatcher:
                 w.untake(missing - len(woken))
 
     def _claim(self, queue: str, req: ClaimRequest, resent: bool = False) -> Claim:
-        """The claim, retried until it lands; each retry says so (it may have run)."""
+        """The claim, retried until it lands; each retry says so (it may have run). On a
+        cluster, a worker of several queues does not wait on one whose node fails: the
+        request is kept and sent again (returning what it took, extras going back to their
+        places) before that queue's next claim, and the other queues go on."""
+        w = self.w
+        unsure = self._unsure.pop(queue, None)
+        if unsure is not None:
+            found = self._send(queue, unsure, True)
+            if found is None or found.jobs:
+                jobs = found.jobs if found else []
+                if len(jobs) > req.n:
+                    w.give_back(jobs[req.n :])
+                return Claim(found.next_event if found else -1, jobs[: req.n])
+        return self._send(queue, req, resent) or Claim(-1, [])
+
+    def _send(self, queue: str, req: ClaimRequest, resent: bool) -> Claim | None:
+        w = self.w
         sends = int(resent)
 
         def claim() -> Claim:
             nonlocal sends
             sends += 1
-            return self.w.broker.claim(queue, req, resent=sends > 1)
+            return w.broker.claim(queue, req, resent=sends > 1)
 
+        if not (w.broker.topology.cluster and len(w.queues) > 1):
+            try:
+                return w.retry(claim)
+            except Stopping:
+                return Claim(-1, [])
         try:
-            return self.w.retry(claim)
-        except Stopping:
-            return Claim(-1, [])
+            found = claim()
+        except RETRYABLE as e:
+            w.health.failed(e)
+            self._unsure[queue] = req
+            return None
+        w.health.recovered()
+        return found
 
-    def _block(self, timeout: float, n: int) -> tuple[str | None, list[Claimed]]:
+    def _block(self, timeout: float, n: int) -> tuple[list[str], list[Claimed]]:
         """Wait for a wake token with a claim of up to ``n`` jobs of the first queue behind
         it. Whatever that claim took goes straight back if the worker is stopping."""
         w = self.w
         q = w.queues[0]
         req = ClaimRequest(w.name, n, w.pools, w.lease, nonce(), True)
         if w.stopping.is_set():
-            return None, []
+            return [], []
+        popped: list[str] = []
         try:
-            popped, claim = w.broker.wait_and_claim(
-                self._conn, self.wake_keys, max(timeout, 0.001), q, req
-            )
+            popped, claim = self.wakeups.wait(max(timeout, 0.001), req)
             w.health.recovered()
+            self._failures = 0
         except RETRYABLE as e:
             # The claim may have run with its reply lost: the same request again returns
             # what it took (or claims now), never more.
-            popped = None
             if w.stopping.is_set():
                 claim = Claim(-1, [])
             else:
                 w.health.failed(e)
+                w.stopping.wait(min(0.05 * 2**self._failures, 1.0) * random.uniform(0.5, 1))
+                self._failures = min(self._failures + 1, 10)
                 claim = self._claim(q, req, resent=True)
         if claim.jobs and w.stopping.is_set():
             w.give_back(claim.jobs)
-            return None, []
+            return [], []
         return popped, claim.jobs
 
     def _drained(self) -> bool:

@@ -60,6 +60,12 @@ class ServerOutOfMemory(FifoflowError):
     nothing of that write was applied. Free memory or raise the limit, then retry."""
 
 
+class NotReplicated(FifoflowError):
+    """With ``FIFOFLOW_DURABILITY=replicated``: the primary applied a push or a completion
+    but no replica confirmed it in time, so it is not acknowledged (a failover now could
+    lose it). Sending the same call again is safe; workers do so until it lands."""
+
+
 class NoRetry(Exception):
     """Raised by a target (or subclassed): the job is dead at once, never retried."""
 

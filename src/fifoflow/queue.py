@@ -255,6 +255,14 @@ class Queue:
                 refs.append((job_id, f"{self.name}/{job_id}"))
             else:
                 raise TypeError(f"depends_on takes jobs or job ids, not {parent!r}")
+        topology = self.broker.topology
+        for _, ref in refs:
+            other = ref.split("/", 1)[0]
+            if topology.cluster and not topology.same_slot(other, self.name):
+                raise UsageError(
+                    f"on Redis Cluster a job's parents must be in its own queue "
+                    f"({other!r} is in another hash slot than {self.name!r})"
+                )
         return tuple(ref for _, ref in sorted(set(refs)))
 
     def resolve(self, job_id: str) -> str:

@@ -12,10 +12,12 @@ from typing import Any
 import redis
 
 from . import keys
+from .topology import Topology
 
 
 class WorkerRegistry:
     client: redis.Redis
+    topology: Topology
 
     def register_worker(self, info: Mapping[str, Any], ttl: float) -> None:
         """A live worker: a hash with an expiry, refreshed by its heartbeat."""
@@ -61,12 +63,18 @@ class WorkerRegistry:
         return out
 
     def connected_workers(self) -> set[str] | None:
-        """Names of the workers with at least one open connection, from ``CLIENT LIST``;
-        None where the server refuses the command (some managed services do)."""
-        try:
-            clients = self.client.client_list()
-        except redis.ResponseError:
-            return None
+        """Names of the workers with at least one open connection, from ``CLIENT LIST`` (of
+        every master, on a cluster); None where a server refuses the command (some managed
+        services do)."""
+        clients: list[dict[str, Any]] = []
+        for node in self.topology.primaries():
+            try:
+                clients += node.client_list()
+            except redis.ResponseError:
+                return None
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                self.topology.failed(None, e)  # a master lost: nothing judged this time
+                raise
         prefix = keys.CONNECTION_NAME_PREFIX
         return {
             str(c["name"])[len(prefix) :]
@@ -75,4 +83,12 @@ class WorkerRegistry:
         }
 
     def server_uptime(self) -> float:
-        return float(self.client.info("server").get("uptime_in_seconds", 0))
+        """Seconds since the server started (on a cluster: its youngest master), or since
+        this client last saw a primary move (a failover), whichever is less."""
+        up = min(
+            float(node.info("server").get("uptime_in_seconds", 0))
+            for node in self.topology.primaries()
+        )
+        if self.topology.changed_at:
+            up = min(up, time.monotonic() - self.topology.changed_at)
+        return up

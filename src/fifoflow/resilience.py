@@ -17,16 +17,23 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import RedisClusterException
 
-from .errors import ServerOutOfMemory
+from .errors import NotReplicated, ServerOutOfMemory
 from .execution import one_line
 
 log = logging.getLogger("fifoflow.worker")
 
 T = TypeVar("T")
 
-#: Errors that a later attempt of the same call may not hit.
-RETRYABLE: tuple[type[BaseException], ...] = (redis.RedisError, ServerOutOfMemory)
+#: Errors that a later attempt of the same call may not hit (a cluster client's own
+#: "cannot reach any node" and a replica that did not confirm in time among them).
+RETRYABLE: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    RedisClusterException,
+    ServerOutOfMemory,
+    NotReplicated,
+)
 #: Back-off of retries: from the first delay, doubled each time, up to the cap (seconds).
 FIRST_DELAY, MAX_DELAY = 0.05, 5.0
 

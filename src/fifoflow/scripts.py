@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -134,34 +134,55 @@ def run(
     args: Sequence[Any],
     *,
     before: Sequence[Sequence[Any]] = (),
+    after: Sequence[Sequence[Any]] = (),
+    meanwhile: Callable[[], object] | None = None,
 ) -> tuple[list[Any], Any]:
     """Run function ``name`` with KEYS = [key] and ARGV = args on ``conn``.
 
     ``before`` are plain commands (a BLPOP, say) sent in the same packet, ahead of the
-    script, so the server runs the script the moment they finish: one hop for both. Returns
-    their replies (an error reply as its exception object, not raised: the script's reply
-    must still be read) and the script's reply (an error reply raises). Connection errors
-    propagate with the connection in an unknown state: the caller disconnects it.
+    script, so the server runs the script the moment they finish: one hop for both;
+    ``after`` are sent behind it (a WAIT for replicas: it covers the script's writes).
+    ``meanwhile`` is called once the packet is sent, before any reply is read (the
+    dispatcher watches its other nodes then). Returns the replies of ``before`` and
+    ``after``, in order (an error reply as its exception object, not raised: the script's
+    reply must still be read), and the script's reply (an error reply raises). Connection
+    errors propagate with the connection in an unknown state: the caller disconnects it.
     """
     lib = library()
     call = ("FCALL", lib.functions[name], 1, key, *args)
-    conn.send_packed_command(conn.pack_commands([*before, call]))  # type: ignore[no-untyped-call]
-    replies: list[Any] = []
-    for _ in before:
-        try:
-            replies.append(conn.read_response())
-        except redis.ResponseError as e:
-            replies.append(e)
+    conn.send_packed_command(conn.pack_commands([*before, call, *after]))  # type: ignore[no-untyped-call]
+    if meanwhile is not None:
+        meanwhile()
+    replies = [_reply(conn) for _ in before]
     try:
-        return replies, conn.read_response()
+        reply, tail = _read_call(conn, after)
     except redis.ResponseError as e:
         if "function not found" not in str(e).lower():
             raise
-    conn.send_command("FUNCTION", "LOAD", lib.source)  # type: ignore[no-untyped-call]
+        conn.send_command("FUNCTION", "LOAD", lib.source)  # type: ignore[no-untyped-call]
+        try:
+            conn.read_response()
+        except redis.ResponseError as e:  # another process loaded it meanwhile
+            if "already exists" not in str(e):
+                raise
+        conn.send_packed_command(conn.pack_commands([call, *after]))  # type: ignore[no-untyped-call]
+        reply, tail = _read_call(conn, after)
+    return [*replies, *tail], reply
+
+
+def _read_call(conn: redis.Connection, after: Sequence[Sequence[Any]]) -> tuple[Any, list[Any]]:
+    """The script's reply and those of the commands behind it; the script's error reply
+    is raised once they are read too (the connection stays in step)."""
     try:
-        conn.read_response()
-    except redis.ResponseError as e:  # another process loaded it meanwhile
-        if "already exists" not in str(e):
-            raise
-    conn.send_command(*call)  # type: ignore[no-untyped-call]
-    return replies, conn.read_response()
+        reply = conn.read_response()
+    except redis.ResponseError as e:
+        _ = [_reply(conn) for _ in after]
+        raise e from None
+    return reply, [_reply(conn) for _ in after]
+
+
+def _reply(conn: redis.Connection) -> Any:
+    try:
+        return conn.read_response()
+    except redis.ResponseError as e:
+        return e

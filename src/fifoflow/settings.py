@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,17 @@ class Settings(BaseSettings):
     alert_max_queued: int = Field(default=100, ge=0)
     alert_max_dead: int = Field(default=10, ge=0)
     alert_max_age: float = Field(default=600.0, ge=0)
+
+    #: "local" (default): a push or a completion is acknowledged once the primary has
+    #: applied it. "replicated": once one replica has it too (``WAIT 1``), so a failover
+    #: loses nothing acknowledged (docs/scaling.md).
+    durability: Literal["local", "replicated"] = "local"
+    #: With durability "replicated": how long one call waits for a replica (seconds)
+    #: before it is sent again (each send is idempotent).
+    replica_timeout: float = Field(default=2.0, gt=0)
+    #: On a cluster or under Sentinel: how long a producer's call keeps re-sending while
+    #: a primary fails over, before it gives up (seconds). Workers retry for ever.
+    failover_seconds: float = Field(default=30.0, ge=0)
 
     @field_validator("alert_max_queued", "alert_max_dead", "alert_max_age", mode="before")
     @classmethod

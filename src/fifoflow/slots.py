@@ -23,12 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import redis
-
 from .allowlist import Resolver
 from .execution import Call, direct_call, execute
 from .records import Claimed, ClaimRequest, Completion, Outcome, nonce
 from .resilience import supervised
+from .topology import Lane
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -91,8 +90,8 @@ class Slot:
     generation: int = 0
     run: Run | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
-    #: The slot's own server connection for its report-and-claim calls.
-    conn: redis.Connection | None = field(default=None, repr=False)
+    #: The slot's own server connections (one per node) for its report-and-claim calls.
+    conn: Lane | None = field(default=None, repr=False)
 
 
 class Slots:
@@ -210,7 +209,7 @@ class Slots:
             nonlocal sends
             sends += 1
             if slot.conn is None:
-                slot.conn = w.broker.client.connection_pool.get_connection()
+                slot.conn = w.broker.lane()
             return w.broker.complete(
                 job, outcome, req, slot=slot.index, conn=slot.conn, resent=sends > 1
             )
@@ -343,5 +342,5 @@ class Slots:
         for slot in self.slots:
             slot.runner.close()
             if slot.conn is not None:
-                self.w.broker.client.connection_pool.release(slot.conn)
+                slot.conn.close()
                 slot.conn = None

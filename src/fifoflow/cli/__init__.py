@@ -20,6 +20,7 @@ import typer
 from ..errors import FifoflowError, UsageError
 from . import jobs, monitor, push, serve
 from .common import err
+from .deploy import deploy
 from .schedules import backfill, schedule_app
 
 try:  # typer 0.2x vendors its own click
@@ -53,6 +54,7 @@ app.command("push-dag")(push.push_dag_command)
 app.add_typer(jobs.dlq_app, name="dlq")
 app.add_typer(serve.server_app, name="server")
 app.command()(backfill)
+app.command()(deploy)
 app.add_typer(schedule_app, name="schedule")
 
 

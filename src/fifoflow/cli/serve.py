@@ -39,6 +39,17 @@ def worker(
         bool,
         typer.Option(help="With --prefect: emit each job's lifecycle as Prefect events."),
     ] = True,
+    deployment: Annotated[
+        str | None,
+        typer.Option(help="With --prefect: run each job as a run of this FLOW/DEPLOYMENT."),
+    ] = None,
+    work_queue: Annotated[
+        str | None, typer.Option(help="With --deployment: the work pool's queue for the runs.")
+    ] = None,
+    start_timeout: Annotated[
+        float,
+        typer.Option(help="With --deployment: seconds a run may wait for a pool worker."),
+    ] = 300.0,
     processes: Annotated[
         bool, typer.Option(help="Run each slot's jobs in a child process (killable on timeout).")
     ] = False,
@@ -79,6 +90,10 @@ def worker(
         raise UsageError("--grace must be >= 0")
     if run_name is not None and not prefect:
         raise UsageError("--run-name names Prefect flow runs: it needs --prefect")
+    if (deployment or work_queue) and not prefect:
+        raise UsageError("--deployment and --work-queue need --prefect")
+    if deployment and processes:
+        raise UsageError("--deployment runs jobs on the work pool: --processes does not apply")
     # Like celery and rq: modules in the current folder are importable.
     sys.path.insert(0, os.getcwd())
     kwargs: dict[str, Any] = dict(
@@ -104,6 +119,7 @@ def worker(
             raise UsageError(
                 f"--prefect needs Prefect: pip install 'fifoflow[prefect]' ({e})"
             ) from None
+        kwargs.update(deployment=deployment, work_queue=work_queue, start_timeout=start_timeout)
         worker = PrefectWorker(run_name=run_name, events=job_events, **kwargs)
         code = worker.run(burst=burst)
     else:

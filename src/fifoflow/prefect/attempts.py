@@ -33,6 +33,11 @@ from .runname import RunName
 CHILD_TAG = "fifoflow"
 
 
+def child_tags(job: JobInfo) -> list[str]:
+    """The tags of a job's runs: ``fifoflow``, ``fifoflow-queue:QUEUE`` and the job's own."""
+    return list(dict.fromkeys([CHILD_TAG, f"fifoflow-queue:{job.queue}", *job.tags]))
+
+
 @dataclass(slots=True)
 class Child:
     """A created child run, about to run."""
@@ -83,7 +88,7 @@ class Attempts:
         flow, tracking = self.child_flow(job, fn)
         parameters = get_call_parameters(flow.fn, (), params)
         name = self.run_name.render(job.id, parameters) if self.run_name else None
-        tags = list(dict.fromkeys([CHILD_TAG, f"fifoflow-queue:{job.queue}", *job.tags]))
+        tags = child_tags(job)
         flow_id = self._flow_ids.get(flow.name)
         if flow_id is None:  # once per flow (the API upserts it by name)
             flow_id = self._flow_ids[flow.name] = self.client.create_flow(flow)

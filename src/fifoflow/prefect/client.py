@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.settings import temporary_settings
 
 
 @contextlib.contextmanager
@@ -64,3 +66,19 @@ def _quick_first(prefect_retry: Callable[..., httpx.Response]) -> Callable[..., 
         return prefect_retry(request, quick, send_args, send_kwargs, *args, **kwargs)
 
     return send_with_retry
+
+
+#: Without PREFECT_API_URL, Prefect starts a local API server, which creates its database
+#: the first time: on a small or busy machine that outlasts Prefect's default of 20 s.
+EPHEMERAL_STARTUP_TIMEOUT = 120
+
+
+@contextlib.contextmanager
+def patient_startup() -> Iterator[None]:
+    """A longer start-up timeout for Prefect's local API, unless the user set one."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        yield
+        return
+    updates = {"server.ephemeral.startup_timeout_seconds": EPHEMERAL_STARTUP_TIMEOUT}
+    with temporary_settings(updates=updates):
+        yield

@@ -13,9 +13,9 @@ the child finds the dispatcher's ``FlowRunContext`` and no ``TaskRunContext``. N
 between the two, which keeps each child's logs and prints on the child's own run (a
 subflow called from inside a task logs onto that task, PrefectHQ/prefect#19449).
 
-A child that ends Failed, Crashed or Cancelled raises, so fifoflow counts the attempt as
-failed and retries it with its own back-off; the child's flow run id travels in the
-attempt's outcome (``extra``) and is stored on the job record whatever the outcome.
+A child that ends Failed or Crashed is a failed attempt (retried with fifoflow's back-off);
+one cancelled (from fifoflow or Prefect) makes the job cancelled. The child's flow run id
+is stored on the job record whatever the outcome. ``deployment``: jobs as deployment runs.
 
 With ``processes=True`` each slot runs its attempts in a process of its own
 (``procchild``), which creates the same child runs under the same dispatcher run.
@@ -29,29 +29,32 @@ import contextlib
 import contextvars
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext, SyncClientContext
 from prefect.logging import get_run_logger
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import temporary_settings
-from prefect.states import Crashed
+from prefect.states import Cancelled, Cancelling, Crashed
 
 from ..allowlist import Resolver
+from ..execution import Cancelled as JobCancelled
 from ..execution import JobInfo, run_as
 from ..procslot import ProcessRunner, Setup
 from ..records import Claimed, Outcome
 from ..slots import Runner
 from ..worker import Worker
-from .attempts import CHILD_TAG, Attempts
-from .client import api_client, quick_retry
+from .attempts import CHILD_TAG, Attempts, child_tags
+from .cancels import PrefectCancelWatch
+from .client import api_client, patient_startup, quick_retry
+from .deployment import START_TIMEOUT, DeploymentRuns
 from .events import FINAL
 from .procchild import FACTORY
 from .runname import RunName
@@ -62,30 +65,18 @@ log = logging.getLogger("fifoflow.prefect")
 #: Flow name of the parent run every worker enters.
 DISPATCHER_FLOW = "fifoflow-dispatcher"
 __all__ = ["CHILD_TAG", "DISPATCHER_FLOW", "PrefectWorker"]
-#: Without PREFECT_API_URL, Prefect starts a local API server, which creates its database
-#: the first time: on a small or busy machine that outlasts Prefect's default of 20 s.
-EPHEMERAL_STARTUP_TIMEOUT = 120
-
-
-@contextlib.contextmanager
-def patient_startup() -> Iterator[None]:
-    """A longer start-up timeout for Prefect's local API, unless the user set one."""
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
-        yield
-        return
-    updates = {"server.ephemeral.startup_timeout_seconds": EPHEMERAL_STARTUP_TIMEOUT}
-    with temporary_settings(updates=updates):
-        yield
 
 
 class PrefectWorker(Worker):
     """A ``Worker`` that runs as a Prefect parent flow, each job a child flow run of it.
 
-    Same constructor as ``Worker``, plus ``run_name`` (a template over the job's params,
-    such as ``"lr={lr}-bs={batch_size}"``) and ``events`` (emit each job's lifecycle as
-    Prefect events); ``run(burst=False)`` returns like it. Works against any Prefect API:
-    a server (``PREFECT_API_URL``) or, with none set, Prefect's local ephemeral API on the
-    SQLite database in ``PREFECT_HOME``.
+    Same constructor as ``Worker``; ``run(burst=False)`` returns like it. Works against
+    any Prefect API: a server (``PREFECT_API_URL``) or, with none set, Prefect's local
+    ephemeral API on the SQLite database in ``PREFECT_HOME``. With ``deployment``
+    (``FLOW/DEPLOYMENT``) each job runs as a flow run of that deployment on its work pool
+    (``work_queue``: one of the pool's queues) instead of in this process (``deployment``).
+    ``run_name``: a template over the job's params naming its child runs, such as
+    ``"lr={lr}-bs={batch_size}"``; ``events``: emit each job's lifecycle as Prefect events.
     """
 
     #: ``processes=True`` runs each slot's child flow runs in a process of its own.
@@ -101,13 +92,25 @@ class PrefectWorker(Worker):
     summary_interval: float = 60.0
 
     def __init__(
-        self, *args: Any, run_name: str | None = None, events: bool = True, **kwargs: Any
+        self,
+        *args: Any,
+        deployment: str | None = None,
+        work_queue: str | None = None,
+        start_timeout: float = START_TIMEOUT,
+        run_name: str | None = None,
+        events: bool = True,
+        **kwargs: Any,
     ) -> None:
         #: The checked ``--run-name`` template (a bad one is refused before anything runs).
         self.run_name_template = RunName(run_name) if run_name is not None else None
         self.events = events
+        self._deployment = (
+            None
+            if deployment is None
+            else DeploymentRuns(self, deployment, work_queue, start_timeout)
+        )
         super().__init__(*args, **kwargs)
-        # Every Prefect API call would be an INFO line of httpx's under a root logger at INFO.
+        self.services.append(PrefectCancelWatch(self))
         httpx_log = logging.getLogger("httpx")
         if httpx_log.level == logging.NOTSET:
             httpx_log.setLevel(logging.WARNING)
@@ -117,7 +120,7 @@ class PrefectWorker(Worker):
             self.name, list(self.queues), self.summary_rows, self.summary_interval
         )
         self._api: SyncPrefectClient | None = None
-        self._active: dict[str, str] = {}  # child flow run id -> job id, while it runs
+        self._active: dict[str, JobInfo] = {}  # child flow run id -> its job, while it runs
         self._active_lock = threading.Lock()
         #: The dispatcher's flow run id, once ``run`` has entered it.
         self.flow_run_id: str | None = None
@@ -137,6 +140,12 @@ class PrefectWorker(Worker):
 
     def run(self, burst: bool = False) -> int:
         """Work as the dispatcher flow run until stopped (or drained, with ``burst``)."""
+        if self._deployment is not None:  # fail fast, before any job is claimed
+            with patient_startup(), api_client() as client:
+                self._deployment.resolve(client)
+        ctx = FlowRunContext.get()
+        if ctx is not None and ctx.flow is not None and ctx.flow.name == DISPATCHER_FLOW:
+            return self._dispatch_as_flow(burst)  # a deployed dispatcher: already its run
         worker = self
 
         def dispatcher(
@@ -166,7 +175,6 @@ class PrefectWorker(Worker):
                 concurrency=self.concurrency,
                 burst=burst,
             )
-        # Logs are sent in batches from a background thread: when run() returns, they are in.
         with contextlib.suppress(Exception):
             APILogWorker.drain_all(timeout=5)
         return int(result)
@@ -207,7 +215,8 @@ class PrefectWorker(Worker):
         would otherwise show Running for ever."""
         with self._active_lock:
             abandoned = dict(self._active)
-        for run_id, job_id in abandoned.items():
+        for run_id, job in abandoned.items():
+            job_id = job.id
             self._summary.mark(job_id, run_id, "Crashed")
             message = (
                 f"abandoned by fifoflow worker {self.name}: job {job_id} timed out or was "
@@ -220,6 +229,56 @@ class PrefectWorker(Worker):
                 log.warning(
                     "worker %s: could not mark flow run %s crashed: %s", self.name, run_id, e
                 )
+
+    @property
+    def api(self) -> SyncPrefectClient | None:
+        """The dispatcher's API client while it runs."""
+        return self._api
+
+    def active_children(self) -> dict[str, JobInfo]:
+        """In-process child runs going on now: run id -> job."""
+        with self._active_lock:
+            return dict(self._active)
+
+    def child_tags(self, job: JobInfo) -> list[str]:
+        return child_tags(job)
+
+    def mark_cancelled(self, job: JobInfo) -> None:
+        """A job's run was cancelled in Prefect: the job is cancelled (never retried)."""
+        job.cancel_event.set()
+        self.retry.once(lambda: self.broker.cancel(job.queue, job.id))
+
+    def cancelling(self, job_id: str) -> None:
+        """``fifoflow cancel`` of a running job: its child run is set Cancelling (a
+        deployment run's slot does that itself, and Prefect's worker stops the run)."""
+        client = self._api
+        runs = [UUID(r) for r, job in self.active_children().items() if job.id == job_id]
+        if client is None or not runs:
+            return
+        cancelling: State[Any] = Cancelling(message="cancelled with fifoflow cancel")
+        self.quietly(lambda: client.set_flow_run_state(runs[0], cancelling))
+
+    def stop(self) -> None:
+        """As ``Worker.stop``, and said on the dispatcher's run (the UI shows the drain)."""
+        parent = self._parent_ctx
+        if not self.stopping.is_set() and parent is not None:
+            line = f"worker {self.name}: stopping; no new claims, running jobs get {self.grace:g}s"
+            with contextlib.suppress(Exception):
+                parent.copy().run(lambda: get_run_logger().warning(line))
+        super().stop()
+
+    def quietly(self, call: Callable[[], Any]) -> None:
+        """An API call whose failure is only worth a warning."""
+        try:
+            call()
+        except Exception as e:
+            log.warning("worker %s: Prefect API call failed: %s", self.name, e)
+
+    def note_done(
+        self, job: JobInfo, params: dict[str, Any], state: str, duration: float, run_id: str
+    ) -> None:
+        self._summary.note(job, params, state, duration, run_id)
+        self._log_to_dispatcher(job, state, duration, run_id)
 
     # -- one job, one child flow run ----------------------------------------------------
 
@@ -282,15 +341,17 @@ class PrefectWorker(Worker):
     def _run_child(
         self, job: JobInfo, fn: Callable[..., Any], params: dict[str, Any], extra: dict[str, str]
     ) -> Any:
-        attempts = self._attempts
-        if attempts is None:  # pragma: no cover - set by run()
+        client, attempts = self._api, self._attempts
+        if client is None or attempts is None:  # pragma: no cover - set by run()
             raise RuntimeError("the dispatcher has no API client")
+        if self._deployment is not None:
+            return self._deployment.run(client, job, params, extra)
         started = time.monotonic()
         child = attempts.create(job, fn, params)
         run_id = child.run_id
         extra["flow_run_id"] = run_id
         with self._active_lock:
-            self._active[run_id] = job.id
+            self._active[run_id] = job
         self._summary.note(job, params, "Running", 0.0, run_id, final=False)
         try:
             state = attempts.run(job, child)
@@ -301,8 +362,18 @@ class PrefectWorker(Worker):
             with self._active_lock:
                 self._active.pop(run_id, None)
         duration = time.monotonic() - started
-        self._summary.note(job, params, str(state.name), duration, run_id)
-        self._log_to_dispatcher(job, str(state.name), duration, run_id)
+        self.note_done(job, params, str(state.name), duration, run_id)
+        if state.is_completed():
+            return state.result()
+        if job.cancelled or state.is_cancelled() or state.is_cancelling():
+            # In-process runs have no infrastructure for Prefect to stop: the target saw
+            # current_job().cancelled; the run ends Cancelled, the job cancelled.
+            if not job.cancelled:
+                self.mark_cancelled(job)
+            if not state.is_cancelled():
+                done: State[Any] = Cancelled(message=f"job {job.id} was cancelled")
+                self.quietly(lambda: client.set_flow_run_state(child.run.id, done, force=True))
+            raise JobCancelled(f"child flow run {run_id} was cancelled")
         return attempts.outcome(state, run_id)
 
     def _log_to_dispatcher(self, job: JobInfo, state: str, duration: float, run_id: str) -> None:
