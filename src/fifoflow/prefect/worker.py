@@ -16,18 +16,14 @@ subflow called from inside a task logs onto that task, PrefectHQ/prefect#19449).
 A child that ends Failed or Crashed is a failed attempt (retried with fifoflow's back-off);
 one cancelled (from fifoflow or Prefect) makes the job cancelled. The child's flow run id
 is stored on the job record whatever the outcome. ``deployment``: jobs as deployment runs.
-
-With ``processes=True`` each slot runs its attempts in a process of its own
-(``procchild``), which creates the same child runs under the same dispatcher run.
-``run_name`` names child runs from the job's params (``runname``); each job's lifecycle
-is emitted as Prefect events on its runs (``events``).
+With ``processes=True`` each slot runs its attempts in a process of its own (``procchild``);
+``run_name``: child run names (``runname``); ``events``: lifecycle events (``hooks``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import threading
 import time
@@ -47,16 +43,15 @@ from prefect.states import Cancelled, Cancelling, Crashed
 from ..allowlist import Resolver
 from ..execution import Cancelled as JobCancelled
 from ..execution import JobInfo, run_as
-from ..procslot import ProcessRunner, Setup
+from ..procslot import ProcessRunner
 from ..records import Claimed, Outcome
 from ..slots import Runner
 from ..worker import Worker
-from .attempts import CHILD_TAG, Attempts, child_tags
+from .attempts import Attempts, child_tags
 from .cancels import PrefectCancelWatch
 from .client import api_client, patient_startup, quick_retry
 from .deployment import START_TIMEOUT, DeploymentRuns
-from .events import FINAL
-from .procchild import FACTORY
+from .hooks import emit_final, note_attempt, process_setup
 from .runname import RunName
 from .summary import Summary
 
@@ -64,7 +59,6 @@ log = logging.getLogger("fifoflow.prefect")
 
 #: Flow name of the parent run every worker enters.
 DISPATCHER_FLOW = "fifoflow-dispatcher"
-__all__ = ["CHILD_TAG", "DISPATCHER_FLOW", "PrefectWorker"]
 
 
 class PrefectWorker(Worker):
@@ -79,8 +73,7 @@ class PrefectWorker(Worker):
     ``"lr={lr}-bs={batch_size}"``; ``events``: emit each job's lifecycle as Prefect events.
     """
 
-    #: ``processes=True`` runs each slot's child flow runs in a process of its own.
-    supports_processes = True
+    supports_processes = True  #: ``processes=True``: each slot's children in its own process
 
     #: Prefect flow run heartbeats for children. Off: they only matter to detect crashed
     #: runs of deployments, and in Prefect 3.8/3.9 each run with heartbeats spends up to a
@@ -192,9 +185,7 @@ class PrefectWorker(Worker):
         )
         with settings:
             self._parent_ctx = contextvars.copy_context()
-        # One client for everything: the engine runs each child with the client of the
-        # dispatcher's run (its SyncClientContext, in the copied context), so creating the
-        # runs with it too shares one connection pool, and both retry "busy" quickly.
+        # One client (and pool) for all: the one the engine runs children with (copied context).
         engine = SyncClientContext.get()
         own = api_client() if engine is None else contextlib.nullcontext(engine.client)
         with own as client:
@@ -284,49 +275,14 @@ class PrefectWorker(Worker):
 
     def make_runner(self, resolver: Resolver) -> Runner:
         if self.processes:
-            return ProcessRunner(self.modules, self.broker.url, setup=self._process_setup)
+            return ProcessRunner(self.modules, self.broker.url, lambda: process_setup(self))
         return super().make_runner(resolver)
 
-    def _process_setup(self) -> Setup:
-        """What a process slot's child needs to run attempts (asked when it starts)."""
-        if self._api is None or self.flow_run_id is None:  # pragma: no cover - run() first
-            raise RuntimeError("process slots start only inside PrefectWorker.run")
-        template = self.run_name_template
-        config = {
-            "env": {"PREFECT_API_URL": str(self._api.api_url).rstrip("/")},
-            "dispatcher_run_id": self.flow_run_id,
-            "worker": self.name,
-            "run_name": template.template if template else None,
-            "heartbeats": self.child_heartbeats,
-            "events": self.events,
-        }
-        return FACTORY, json.dumps(config)
-
     def attempt_done(self, job: Claimed, outcome: Outcome, duration: float) -> None:
-        """The summary row of an attempt run in a process slot, or refused before any
-        child run existed (params that do not fit, a target that does not exist)."""
-        extra = dict(outcome.extra)
-        state = extra.pop("flow_run_state", None)  # from a process slot: not for the record
-        outcome.extra = extra
-        run_id = extra.get("flow_run_id")
-        info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
-        if run_id is None:
-            self._summary.note(info, json.loads(job.params), "NotStarted", duration, None)
-        elif self.processes:
-            shown = state or "Crashed"
-            self._summary.note(info, json.loads(job.params), shown, duration, run_id)
-            if self._parent_ctx is not None:
-                self._parent_ctx.copy().run(self._log_to_dispatcher, info, shown, duration, run_id)
+        note_attempt(self, job, outcome, duration)
 
     def attempt_reported(self, job: Claimed, outcome: Outcome, result: str) -> None:
-        """The attempt's recorded outcome, as the last event of its child run."""
-        run_id = outcome.extra.get("flow_run_id")
-        what = FINAL.get(result)
-        if run_id is None or what is None or self._attempts is None:
-            return
-        info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
-        payload = {} if outcome.kind == "ok" else {"error": outcome.payload}
-        self._attempts.emit(what, info, run_id, payload=payload)
+        emit_final(self, job, outcome, result)
 
     def call(
         self, job: JobInfo, fn: Callable[..., Any], kwargs: dict[str, Any], extra: dict[str, str]
@@ -377,7 +333,11 @@ class PrefectWorker(Worker):
         return attempts.outcome(state, run_id)
 
     def _log_to_dispatcher(self, job: JobInfo, state: str, duration: float, run_id: str) -> None:
-        # Back in the dispatcher's context: this line lands on the dispatcher's own run.
+        # In the dispatcher's context: this line lands on the dispatcher's own run.
+        parent = self._parent_ctx
+        if FlowRunContext.get() is None and parent is not None:  # a process slot's thread
+            parent.copy().run(self._log_to_dispatcher, job, state, duration, run_id)
+            return
         with contextlib.suppress(Exception):
             get_run_logger().info(
                 "job %s %s attempt %d: %s in %.2fs (flow run %s)",
