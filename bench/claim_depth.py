@@ -25,13 +25,25 @@ import time
 from pathlib import Path
 
 from fifoflow import Queue, server
-from fifoflow.queue import Claimed
+from fifoflow.records import Claimed, ClaimRequest, Outcome, nonce
 
 TARGET = "bench.noop:run"
 WORKER = "bench-worker"
 POOLS = ["default"]
 LEASE = 30.0
 REFILL = 500  # top up after this many acks, so the depth stays within REFILL of its mark
+
+
+OK = Outcome("ok", "null")
+
+
+def request() -> ClaimRequest:
+    """One claim of one job, as a worker slot asks (a fresh nonce: its fencing token)."""
+    return ClaimRequest(WORKER, 1, POOLS, LEASE, nonce())
+
+
+def ready(q: Queue) -> int:
+    return sum(q.broker.ready_counts(q.name, POOLS).values())
 
 
 def used_memory(q: Queue) -> int:
@@ -65,7 +77,7 @@ class Stretch:
 
     def run(self, seconds: float) -> float:
         q = self.q
-        _, claimed = q.claim(WORKER, 1, POOLS, LEASE)
+        claimed = q.broker.claim(q.name, request()).jobs
         if not claimed:
             raise SystemExit(f"{q.name}: nothing to claim")
         job: Claimed = claimed[0]
@@ -74,7 +86,7 @@ class Stretch:
             t0 = time.perf_counter()
             for _ in range(REFILL):
                 t = time.perf_counter()
-                done = q.complete(job, "ok", "null", claim=(WORKER, 1, POOLS, LEASE))
+                done = q.broker.complete(job, OK, request())
                 self.latencies.append(time.perf_counter() - t)
                 if done.outcome != "succeeded" or not done.claimed:
                     raise SystemExit(f"{q.name}: unexpected completion {done.outcome!r}")
@@ -84,7 +96,7 @@ class Stretch:
             q.push_many(TARGET, [{"i": self._pushed + k} for k in range(REFILL)])
             self._pushed += REFILL
         # give the job in hand back, so the depth ends where it started
-        q.release([job])
+        q.broker.release(q.name, [job])
         rate = trips / timed
         self.rates.append(rate)
         return rate
@@ -123,10 +135,10 @@ def main() -> None:
         shallow.latencies.clear()
         for _ in range(args.stretches):
             shallow.run(stretch_s)
-        print(f"depth {q.ready_count(POOLS):>9,}: {shallow.summary()}")
+        print(f"depth {ready(q):>9,}: {shallow.summary()}")
 
         before = used_memory(q)
-        to_load = args.deep - q.ready_count(POOLS)
+        to_load = args.deep - ready(q)
         load_s = push_jobs(q, to_load, args.chunk, start=args.shallow, progress=True)
         after = used_memory(q)
         print(f"bulk load: {to_load:,} jobs in {load_s:.1f} s ({to_load / load_s:,.0f} jobs/s)")
@@ -134,7 +146,7 @@ def main() -> None:
         deep = Stretch(q)
         for _ in range(args.stretches):
             deep.run(stretch_s)
-        print(f"depth {q.ready_count(POOLS):>9,}: {deep.summary()}")
+        print(f"depth {ready(q):>9,}: {deep.summary()}")
         shallow_rate = statistics.median(shallow.rates)
         deep_rate = statistics.median(deep.rates)
         print(f"ratio deep/shallow: {deep_rate / shallow_rate:.2f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from os import getcwd  # imported, not defined here: a worker must refuse to run it
 from pathlib import Path
@@ -119,3 +120,13 @@ def _private() -> str:
 
 
 __all__ = ["getcwd"]
+
+
+def held_on_host(log: str, markers: str, seconds: float = 90.0) -> str:
+    """Append this host's name to ``log``, then run until ``markers/HOSTNAME`` exists: each
+    host's attempt ends when the test says so. Returns the host's name."""
+    host = socket.gethostname()
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"host": host, "pid": os.getpid(), "t": time.time()}) + "\n")
+    hold(str(Path(markers) / host), seconds)
+    return host

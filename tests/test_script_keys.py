@@ -28,7 +28,7 @@ from fifoflow import Queue, UsageError, scripts
 #: Commands whose first argument is a key (every command the scripts use, checked below).
 ONE_KEY = {
     "EXPIRE", "GET", "HDEL", "HEXISTS", "HGET", "HINCRBY", "HMGET", "HSET", "INCR", "LLEN",
-    "LPUSH", "LRANGE", "LTRIM", "PERSIST", "RPUSH", "SADD", "SET", "SMEMBERS", "XADD",
+    "LPUSH", "LRANGE", "LTRIM", "PERSIST", "RPUSH", "SADD", "SET", "SMEMBERS", "SREM", "XADD",
     "ZADD", "ZCARD", "ZPOPMIN", "ZRANGE", "ZRANGEBYSCORE", "ZREM", "ZREMRANGEBYSCORE",
     "ZSCORE",
 }  # fmt: skip
@@ -50,7 +50,8 @@ IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 
 def sources() -> dict[str, str]:
     folder = resources.files("fifoflow") / "scripts"
-    return {name: (folder / f"{name}.lua").read_text() for name in ("_common", *scripts.NAMES)}
+    names = ("_common", "_resources", *scripts.NAMES)
+    return {name: (folder / f"{name}.lua").read_text() for name in names}
 
 
 def strip_comments(text: str) -> str:
@@ -88,15 +89,17 @@ def split_args(text: str, start: int) -> list[str]:
 
 
 def chunks(src: dict[str, str]) -> list[tuple[str, str]]:
-    """(function name, body): each helper of _common.lua, and each script's own body."""
+    """(function name, body): each helper of _common.lua and _resources.lua, and each
+    script's own body."""
     out: list[tuple[str, str]] = []
-    common = strip_comments(src["_common"])
-    starts = [m.start() for m in re.finditer(r"^local function ", common, re.M)]
-    for a, b in zip(starts, [*starts[1:], len(common)], strict=True):
-        name = re.match(r"local function (" + IDENT + ")", common[a:])
-        assert name
-        out.append((name.group(1), common[a:b]))
-    out += [(f"script:{n}", strip_comments(t)) for n, t in src.items() if n != "_common"]
+    for helpers in ("_common", "_resources"):
+        common = strip_comments(src[helpers])
+        starts = [m.start() for m in re.finditer(r"^local function ", common, re.M)]
+        for a, b in zip(starts, [*starts[1:], len(common)], strict=True):
+            name = re.match(r"local function (" + IDENT + ")", common[a:])
+            assert name
+            out.append((name.group(1), common[a:b]))
+    out += [(f"script:{n}", strip_comments(t)) for n, t in src.items() if n[0] != "_"]
     return out
 
 
@@ -169,7 +172,7 @@ def key_args(body: str) -> list[tuple[str, str]]:
 
 def test_every_script_takes_its_queue_prefix_as_its_one_key() -> None:
     for name, text in sources().items():
-        if name == "_common":
+        if name.startswith("_"):  # helpers: _common.lua, _resources.lua
             continue
         assert re.search(r"^local P = KEYS\[1\]$", text, re.M), name
         assert not re.search(r"KEYS\[[2-9]", text), f"{name}: one key only"

@@ -9,7 +9,8 @@ Pushes, claims and reports carry a nonce (claims: the fencing token), so a call 
 reply was lost (a connection error or a socket timeout) is simply sent again: the server
 recognises it and answers as the first time, without doing it twice. Reads (counts,
 records) live in ``BrokerReads``, pushes in ``Producing``, schedules and pushes that
-happen once in ``Scheduling``, the worker registry in ``WorkerRegistry``.
+happen once in ``Scheduling``, the worker registry in ``WorkerRegistry``, capacity
+records and their use in ``ResourceSide``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import redis
 from . import keys, scripts
 from .broker_push import Producing
 from .broker_reads import BrokerReads
+from .broker_resources import ResourceSide
 from .broker_schedules import Scheduling
 from .connection import connect, resolve_url
 from .errors import NotReplicated, ServerOutOfMemory, is_oom, out_of_memory
@@ -77,7 +79,7 @@ def _held(conn: redis.Connection) -> Iterator[redis.Connection]:
     yield conn
 
 
-class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
+class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry, ResourceSide):
     """State changes and reads of every queue on one server. Thread-safe."""
 
     def __init__(
@@ -215,6 +217,7 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
             p.ttl,
             "1" if req.refill else "0",
             "0",  # resend: set by _script on a re-send
+            "1" if req.resources else "0",
             *req.pools,
         ]
 
@@ -290,7 +293,7 @@ class Broker(Producing, BrokerReads, Scheduling, WorkerRegistry):
             "" if slot is None else str(slot),
             *self._claim_args(req),
         ]
-        resend_at = len(args) - len(req.pools) - 1
+        resend_at = len(args) - len(req.pools) - 2
         _, reply = self._script(
             "complete", job.queue, args, conn=conn, resend_at=resend_at, resent=resent
         )

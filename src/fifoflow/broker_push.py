@@ -80,7 +80,7 @@ class Producing:
             raise
         self._registered.add(queue)
 
-    def _pushed(self, queue: str, reply: Sequence[str]) -> list[Pushed]:
+    def _pushed(self, queue: str, reply: Sequence[Any]) -> list[Pushed]:
         if reply[0] == "FULL":
             raise QueueFull(queue, int(reply[1]), int(reply[2]), int(reply[3]))
         if reply[0] == "NOPARENT":
@@ -88,9 +88,18 @@ class Producing:
             raise JobNotFound(parent, f"in queue {parent_queue!r} (a parent of this push)")
         if reply[0] == "ALIAS":
             raise UsageError(f"job id {reply[1]!r} is taken in queue {queue!r}")
-        return [
-            Pushed(reply[i], reply[i + 1] == "1", reply[i + 2]) for i in range(1, len(reply), 3)
-        ]
+        # runs of consecutive ids: first id, how many, new, status (add_run in _common.lua)
+        out: list[Pushed] = []
+        for i in range(1, len(reply), 4):
+            first, count, new, status = (
+                reply[i],
+                int(reply[i + 1]),
+                reply[i + 2] == "1",
+                reply[i + 3],
+            )
+            rank, suffix = int(first[:14], 16), first[14:]
+            out += [Pushed(f"{r:014x}{suffix}", new, status) for r in range(rank, rank + count)]
+        return out
 
     def set_max_length(self, queue: str, max_length: int | None) -> None:
         if max_length is None:

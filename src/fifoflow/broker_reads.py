@@ -121,13 +121,6 @@ class BrokerReads:
         pipe.zcard(keys.queue_key(queue, Key.RUNNING))
         return sum(pipe.execute())
 
-    def running_count(self, queues: Sequence[str]) -> int:
-        """Jobs running in these queues, all workers together."""
-        pipe = self.client.pipeline(transaction=False)
-        for q in queues:
-            pipe.zcard(keys.queue_key(q, Key.RUNNING))
-        return sum(pipe.execute())
-
     def job_ids(self, queue: str, status: str | None = None) -> list[str]:
         """Ids with a status (all if None), oldest first (ids sort by creation)."""
         if status is not None and status not in STATUSES:

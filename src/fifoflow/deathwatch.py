@@ -55,21 +55,37 @@ class DeathWatch:
         self._suspects: set[str] = set()
         self._client_list = True
         self._wake = threading.Event()
+        self._held = False
+        #: The other workers' queues at the last full look, and how many workers there were.
+        self._queues: list[str] | None = None
+        self._fleet = -1
 
     def run(self) -> None:
         w = self.w
         while not w.stopping.wait(INTERVAL):
-            if w.retry.once(lambda: w.broker.watch_lock(w.name, 2 * INTERVAL)):
+            self._held = bool(w.retry.once(self._lock))
+            if self._held:
                 self.look()
             else:
                 self._suspects.clear()
+                self._queues = None
+
+    def _lock(self) -> bool:
+        return self.w.broker.watch_lock(self.w.name, 2 * INTERVAL, self._held)
 
     def look(self) -> None:
         w = self.w
+        # Only a dead worker's running jobs need anyone: while nothing runs in the queues of
+        # the same fleet as last time, a look costs one round trip of counts, not a read of
+        # every worker's registration.
+        if self._queues is not None and not self._suspects:
+            fleet, running = w.retry.once(lambda: self._counts(self._queues or [])) or (-1, 1)
+            if fleet == self._fleet and not running:
+                return
         workers = w.retry.once(w.broker.live_workers) or []
         others = [info for info in workers if info.get("name") != w.name]
         queues = sorted({q for info in others for q in info.get("queues", [])})
-        # Only a dead worker's running jobs need anyone; an idle fleet costs one count a look.
+        self._queues, self._fleet = queues, len(workers)
         if not others or not w.retry.once(lambda: w.broker.running_count(queues)):
             self._suspects.clear()
             return
@@ -92,6 +108,9 @@ class DeathWatch:
                 else:
                     suspects.add(name)
         self._suspects = suspects
+
+    def _counts(self, queues: list[str]) -> tuple[int, int]:
+        return self.w.broker.fleet_size(), self.w.broker.running_count(queues)
 
     def _connected(self) -> tuple[bool, set[str] | None]:
         """Whether every master answered, and who is connected (to any master; None: a

@@ -19,7 +19,7 @@ import random
 from typing import TYPE_CHECKING
 
 from . import keys
-from .records import Claim, Claimed, ClaimRequest, nonce
+from .records import Claim, Claimed, ClaimRequest
 from .resilience import RETRYABLE, Stopping
 from .wakeups import Wakeups
 
@@ -72,10 +72,16 @@ class Dispatcher:
             soonest = self.max_block
             # The claim pipelined behind the wait was the first queue's.
             claimed_from = {w.queues[0]} if popped else set()
-            for q in w.queues:
+            # Claimed from even if nothing is ready there: a queue whose token woke it (the
+            # claim drops stale tokens) and one with a claim to send again.
+            must = {self._queue_of[k] for k in popped} | set(self._unsure)
+            for q, due in zip(w.queues, self._due_in(), strict=True):
                 if len(got) >= want:
                     break
-                req = ClaimRequest(w.name, want - len(got), w.pools, w.lease, nonce(), True)
+                if due != 0 and q not in must:  # nothing to take there now
+                    soonest = soonest if due < 0 else min(soonest, due)
+                    continue
+                req = w.claim_request(want - len(got), refill=True)
                 claim = self._claim(q, req)
                 claimed_from.add(q)
                 got += claim.jobs
@@ -95,6 +101,17 @@ class Dispatcher:
                     break
                 popped, woken = self._block(min(soonest, 1.0) if burst else soonest, missing)
                 w.untake(missing - len(woken))
+
+    def _due_in(self) -> list[float]:
+        """Per queue, when a claim could take a job there (0: now). With many queues, one
+        round trip of reads spares a script call per empty queue; with one, or when the
+        reads fail, every queue is claimed from."""
+        w = self.w
+        if len(w.queues) > 1:
+            due = w.retry.once(lambda: w.broker.due_in(w.queues, w.pools))
+            if due is not None:
+                return due
+        return [0.0] * len(w.queues)
 
     def _claim(self, queue: str, req: ClaimRequest, resent: bool = False) -> Claim:
         """The claim, retried until it lands; each retry says so (it may have run). On a
@@ -140,7 +157,7 @@ class Dispatcher:
         it. Whatever that claim took goes straight back if the worker is stopping."""
         w = self.w
         q = w.queues[0]
-        req = ClaimRequest(w.name, n, w.pools, w.lease, nonce(), True)
+        req = w.claim_request(n, refill=True)
         if w.stopping.is_set():
             return [], []
         popped: list[str] = []

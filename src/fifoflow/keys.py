@@ -58,7 +58,7 @@ class Field(StrEnum):
     ATTEMPTS = "attempts"
     FAILURES = "failures"
     LOST = "lost"  # leases lost (worker died or was cut off)
-    CREATED_AT = "created_at"
+    CREATED_AT = "created_at"  # not stored by pushes (the id's rank is the push time); old records
     STARTED_AT = "started_at"
     FINISHED_AT = "finished_at"
     DUE_AT = "due_at"
@@ -79,6 +79,9 @@ class Field(StrEnum):
     RESULT_TTL = "result_ttl"  # its own ttl of the finished record, if it set one
     ALIAS = "alias"  # the id its pusher chose, if any
     CANCEL = "cancel"  # '1' once a cancel was asked while it ran: it ends cancelled
+    RESOURCES = "resources"  # JSON object: what it needs, e.g. {"gpu": 2} ('' = one slot)
+    EXPECTED = "expected"  # seconds it expects to run (the head's reservation), if declared
+    ALLOC = "alloc"  # JSON: its share while it runs: {"need": {...}, "gpu_ids": [...]}
     TAGS = "tags"  # JSON array of the job's tags (Prefect mode: on its child flow runs)
 
 
@@ -101,7 +104,7 @@ class Key(StrEnum):
     HK = "hk"  # string, housekeeping gate (expires after 50 ms)
     META = "meta"  # hash, queue settings (max_length)
     REQ = "req:"  # + request nonce: the reply of a request already done (idempotence)
-    STAGE = "stage:"  # + push id: list of ids staged by a multi-batch push
+    STAGE = "stage:"  # + push id: list of "FIRST_ID COUNT", a run per staged batch
     STAGING = "staging"  # zset, push ids being staged, score = start time (for clean-up)
     STATS = "stats"  # hash, monotonic counters: EVENT:POOL -> count
     HIST = "hist"  # hash, histograms: NAME:POOL:BUCKET -> count, NAME_us:POOL -> sum (µs)
@@ -116,6 +119,9 @@ class Key(StrEnum):
     SCHEDULES = "schedules"  # set, the names of the queue's schedules
     SCHEDULE = "schedule:"  # + name: hash, a schedule (ScheduleField)
     ONCE = "once"  # zset, once-keys ever pushed (backfills), score = push time
+    CAPACITY = "capacity"  # zset, live resource workers, score = when their record expires
+    CAP = "cap:"  # + worker: hash, its capacity (JSON), GPU ids, pools, host, strict flag
+    HELD = "held:"  # + worker: set, ids it claimed with resources (stale ones dropped lazily)
 
 
 class ScheduleField(StrEnum):
@@ -148,6 +154,8 @@ class Event(StrEnum):
 #: Histogram bucket upper bounds, in seconds (a last bucket, +Inf, is implied).
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
+#: Ready jobs a resource-aware claim looks at, at most (the head and those behind it).
+RES_SCAN = 200
 #: Attempts kept in a queue's events stream (approximately: trimmed by whole nodes).
 EVENTS_CAP = 10000
 

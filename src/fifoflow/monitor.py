@@ -91,7 +91,31 @@ class Monitor:
             "heartbeat": time.time(),
             "health": w.health.snapshot(),
         }
+        if w.capacity is not None:
+            info["capacity"] = w.capacity.describe()
         w.retry.once(lambda: w.broker.register_worker(info, w.lease))
+        if w.capacity is not None:
+            self.register_capacity()
+
+    def register_capacity(self, withdraw: bool = False) -> None:
+        """The capacity record in the queue's slot, renewed with each heartbeat."""
+        w = self.w
+        cap = w.capacity
+        if cap is None:
+            return
+        ttl = 0.0 if withdraw else w.lease
+        w.retry.once(
+            lambda: w.broker.register_capacity(
+                w.queues[0],
+                w.name,
+                cap,
+                w.concurrency,
+                w.pools,
+                socket.gethostname(),
+                w.strict_fifo,
+                ttl,
+            )
+        )
 
     def _check_timeouts(self, now: float) -> list[float]:
         """Fail overrunning thread-slot attempts; return the deadlines still ahead."""

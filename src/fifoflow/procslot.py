@@ -2,6 +2,10 @@
 so a job that overruns its timeout (or hangs, or leaks, or crashes its interpreter) is
 stopped by killing that process, and the slot carries on with a fresh one.
 
+On a worker with declared capacity each job runs pinned: its child is started with
+``CUDA_VISIBLE_DEVICES`` = exactly the job's GPU ids (a job with other GPUs gets a fresh
+child: CUDA reads the variable once per process) and ``FIFOFLOW_RESOURCES`` = its share.
+
 Parent and child exchange JSON text only (``send_bytes``), never pickled objects. The
 child runs the same ``execution.execute`` as a thread slot; the parent checks the module
 allow-list before sending, so a disallowed target is never imported anywhere. A mode that
@@ -24,10 +28,12 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
+from typing import Any
 
 from .allowlist import Resolver, TargetNotAllowed, check_allowed
 from .execution import Call, direct_call, execute, one_line
 from .records import Claimed, Outcome
+from .resources import job_env
 
 #: Seconds a cancelled job's process has between SIGTERM and SIGKILL.
 STOP_GRACE = 5.0
@@ -44,8 +50,11 @@ def _child_main(
     sys_path: list[str],
     modules: list[str],
     url: str | None,
+    env: dict[str, str] | None = None,
     setup: Setup | None = None,
 ) -> None:
+    # Pinned before anything is imported: CUDA reads CUDA_VISIBLE_DEVICES once.
+    os.environ.update(env or {})
     # The parent handles SIGINT/SIGTERM and decides what happens to running jobs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -62,6 +71,8 @@ def _child_main(
             job = Claimed(**json.loads(conn.recv_bytes()))
         except (EOFError, OSError):
             return
+        if env is not None:  # a worker with capacity: this job's share
+            os.environ.update(job_env(job.alloc))
         outcome = execute(job, resolver, call, url=url)
         conn.send_bytes(json.dumps(asdict(outcome)).encode())
 
@@ -75,17 +86,34 @@ class ProcessRunner:
         self,
         modules: Sequence[str],
         url: str | None = None,
-        setup: Callable[[], Setup] | None = None,
+        pinned: bool = False,
+        setup: Callable[[], Setup | None] | None = None,
     ) -> None:
+        #: Jobs run pinned to their share (``CUDA_VISIBLE_DEVICES``, ``FIFOFLOW_RESOURCES``).
+        self.pinned = pinned
         self._modules = list(modules)
         self._url = url
         self._setup = setup  # asked each time a child starts
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx: Any = multiprocessing.get_context("spawn")
+        if pinned and "forkserver" in multiprocessing.get_all_start_methods():
+            # A pinned worker starts a child per change of GPUs: forked from a server that
+            # imported fifoflow once (and nothing that touches CUDA), it starts in
+            # milliseconds; each child still sets its own CUDA_VISIBLE_DEVICES first.
+            self._ctx = multiprocessing.get_context("forkserver")
+            self._ctx.set_forkserver_preload(["fifoflow.procslot"])
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._busy = False  # a job was sent and its outcome not yet read
+        #: The GPUs the child was started with (None: not pinned, a plain worker).
+        self._devices: str | None = None
 
-    def _ensure(self) -> Connection:
+    def _ensure(self, job: Claimed) -> Connection:
+        # A worker with capacity pins each child to its job's GPUs (empty: none): a job
+        # whose GPUs differ gets a fresh child, since CUDA reads them once per process.
+        env = job_env(job.alloc) if self.pinned else None
+        devices = env["CUDA_VISIBLE_DEVICES"] if env is not None else None
+        if devices != self._devices:
+            self.close()
         if self._proc is None or not self._proc.is_alive() or self._conn is None:
             self.close()
             parent, child = self._ctx.Pipe()
@@ -96,10 +124,12 @@ class ProcessRunner:
                     list(sys.path),
                     self._modules,
                     self._url,
+                    env,
                     None if self._setup is None else self._setup(),
                 ),
                 daemon=True,
             )
+            self._devices = devices
             self._proc.start()
             child.close()
             self._conn = parent
@@ -111,7 +141,7 @@ class ProcessRunner:
             check_allowed(job.target, self._modules)
         except TargetNotAllowed as e:
             return Outcome("dead", one_line(e))
-        conn = self._ensure()
+        conn = self._ensure(job)
         try:
             self._busy = True
             conn.send_bytes(json.dumps(asdict(job)).encode())

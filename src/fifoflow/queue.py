@@ -13,6 +13,7 @@ from .broker import Broker
 from .errors import JobFailed, JobNotFound, UsageError
 from .keys import Status
 from .records import PushSpec
+from .resources import validate_need
 from .settings import Settings, get_settings
 from .validation import (
     encode_params,
@@ -155,6 +156,8 @@ class Queue:
         on_parent_failure: str = "dead",
         result_ttl: int | None = None,
         job_id: str | None = None,
+        resources: Mapping[str, float] | None = None,
+        expected_seconds: float | None = None,
         tags: Sequence[str] | None = None,
     ) -> Job:
         """Queue one job. ``depends_on``: jobs (or ids, of this queue) that must succeed
@@ -162,7 +165,10 @@ class Queue:
         ``gather`` it receives their results, in their push order, as ``results``.
         ``job_id``: an id of the caller's choosing, usable wherever an id is (refused if
         taken); fifoflow keeps its own id too, which carries the job's place in line.
-        ``tags``: labels of the job (Prefect mode puts them on its child flow runs)."""
+        ``resources``: what it needs, e.g. ``{"gpu": 2, "mem_gb": 16, "cpu": 4}`` (default:
+        one slot's worth); ``expected_seconds``: how long it expects to run (see
+        docs/resources.md). ``tags``: labels of the job (Prefect mode puts them on its
+        child flow runs)."""
         return self.push_many(
             target,
             [params],
@@ -178,6 +184,8 @@ class Queue:
             on_parent_failure=on_parent_failure,
             result_ttl=result_ttl,
             job_id=job_id,
+            resources=resources,
+            expected_seconds=expected_seconds,
             tags=tags,
         )[0]
 
@@ -200,6 +208,8 @@ class Queue:
         result_ttl: int | None = None,
         job_id: str | None = None,
         on_batch: Callable[[int], object] | None = None,
+        resources: Mapping[str, float] | None = None,
+        expected_seconds: float | None = None,
         tags: Sequence[str] | None = None,
     ) -> list[Job]:
         """Queue one job per parameter set, all or none: everything is checked before
@@ -226,6 +236,8 @@ class Queue:
             on_parent_failure=on_parent_failure,
             result_ttl=None if result_ttl is None else integer("result_ttl", result_ttl, 1),
             alias=validate_alias(job_id),
+            resources=validate_need(resources),
+            expected=seconds("expected_seconds", expected_seconds, allow_zero=True),
             tags=validate_tags(tags),
         )
         if mode and not spec.parents:

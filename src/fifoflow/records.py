@@ -22,8 +22,8 @@ def nonce() -> str:
 
 
 #: Fields per claimed job in a script's reply: id, target, params, timeout, attempts,
-#: gather mode, gathered results, tags, when it entered the line.
-CLAIM_FIELDS = 9
+#: gather mode, gathered results, share of resources, tags, when it entered the line.
+CLAIM_FIELDS = 10
 
 OutcomeKind = Literal["ok", "fail", "dead"]
 
@@ -45,6 +45,10 @@ class PushSpec:
     on_parent_failure: str = "dead"  # 'dead' | 'run'
     result_ttl: int | None = None
     alias: str | None = None
+    #: What each job needs, as JSON object text ('' = one slot's worth); see resources.py.
+    resources: str = ""
+    #: Seconds each job expects to run (a blocked head's reservation counts on it).
+    expected: float | None = None
     #: Labels of the jobs (Prefect mode puts them on the child flow runs).
     tags: tuple[str, ...] = ()
 
@@ -63,6 +67,8 @@ class PushSpec:
             self.on_parent_failure,
             "" if self.result_ttl is None else str(self.result_ttl),
             self.alias or "",
+            self.resources,
+            "" if self.expected is None else repr(self.expected),
             json.dumps(list(self.tags)) if self.tags else "",
         ]
 
@@ -86,6 +92,8 @@ class ClaimRequest:
     nonce: str
     #: Leave a wake token for jobs still ready (the dispatcher's claims after a wake-up).
     refill: bool = False
+    #: The worker declared capacity: the server picks by resources (_resources.lua).
+    resources: bool = False
 
 
 @dataclass(slots=True)
@@ -101,6 +109,8 @@ class Claimed:
     attempts: int
     gather: str = ""  # '' | 'results' | 'input': how its parents' results reach it
     gathered: str = ""  # their results, a JSON array text
+    #: Its share of the worker's resources, JSON ('' if none): {"need": .., "gpu_ids": ..}
+    alloc: str = ""
     tags: str = ""  # the job's tags, a JSON array text ('' = none)
     queued_at: float | None = None  # when it last entered the line (Unix seconds)
 
@@ -145,8 +155,9 @@ def parse_claimed(queue: str, token: str, flat: Sequence[str]) -> list[Claimed]:
             attempts=int(flat[i + 4]),
             gather=flat[i + 5],
             gathered=flat[i + 6],
-            tags=flat[i + 7],
-            queued_at=float(flat[i + 8]) if flat[i + 8] else None,
+            alloc=flat[i + 7],
+            tags=flat[i + 8],
+            queued_at=float(flat[i + 9]) if flat[i + 9] else None,
         )
         for i in range(0, len(flat), CLAIM_FIELDS)
     ]
@@ -166,6 +177,19 @@ def _int(text: str | None) -> int | None:
     return int(text) if text else None
 
 
+def created_at(job_id: str, raw: Mapping[str, str]) -> float | None:
+    """When a job was pushed: its rank (the first 14 hex digits of its id) is the server's
+    time in microseconds then; pushes store no separate field (records of older versions
+    do, and it wins)."""
+    stored = raw.get(Field.CREATED_AT)
+    if stored:
+        return float(stored)
+    try:
+        return int(job_id[:14], 16) / 1_000_000
+    except ValueError:
+        return None
+
+
 def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
     """The contract's job object from a stored hash (plus a few extra fields)."""
     status = raw.get(Field.STATUS, Status.QUEUED)
@@ -181,7 +205,7 @@ def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any
         "timeout": _float(raw.get(Field.TIMEOUT)),
         "status": status,
         "attempts": int(raw.get(Field.ATTEMPTS, 0)),
-        "created_at": _float(raw.get(Field.CREATED_AT)),
+        "created_at": created_at(job_id, raw),
         "started_at": _float(raw.get(Field.STARTED_AT)),
         "finished_at": _float(raw.get(Field.FINISHED_AT)),
         "worker": raw.get(Field.WORKER) or None,
@@ -195,6 +219,9 @@ def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any
         if raw.get(Field.PARENTS)
         else [],
         "alias": raw.get(Field.ALIAS) or None,
+        "resources": _load_json(raw.get(Field.RESOURCES)),
+        "expected_seconds": _float(raw.get(Field.EXPECTED)),
+        "alloc": _load_json(raw.get(Field.ALLOC)) if status == Status.RUNNING else None,
         "flow_run_id": raw.get(Field.FLOW_RUN_ID) or None,
         "tags": _load_json(raw.get(Field.TAGS)) or [],
     }

@@ -1,17 +1,19 @@
 """The registry of live workers, and what a worker can learn of the others: each worker
 keeps a hash with an expiry (refreshed by its heartbeat) and a score in ``ff:workers``; its
-connections carry its name (``ffw:NAME``), which ``CLIENT LIST`` shows while it lives."""
+connections carry its name (``ffw:NAME``), which ``CLIENT LIST`` shows while it lives.
+Also the cheap looks a worker's services take: jobs running, where a claim could take one."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 
 from . import keys
+from .keys import Key
 from .topology import Topology
 
 
@@ -35,15 +37,14 @@ class WorkerRegistry:
         pipe.zrem(keys.WORKERS, name)
         pipe.execute()
 
-    def watch_lock(self, name: str, ttl: float) -> bool:
-        """True while ``name`` holds the watcher's lock (taken, or renewed, for ``ttl``)."""
+    def watch_lock(self, name: str, ttl: float, held: bool = True) -> bool:
+        """True while ``name`` holds the watcher's lock (taken, or renewed, for ``ttl``).
+        ``held=False``: it did not hold it at its last try, so one command tells (an idle
+        fleet's many non-holders cost one ``SET NX`` a try each)."""
         ms = max(1, int(ttl * 1000))
-        if self.client.set(keys.WATCHER, name, px=ms, nx=True):
-            return True
-        if self.client.get(keys.WATCHER) == name:
-            self.client.pexpire(keys.WATCHER, ms)
-            return True
-        return False
+        if held and self.client.get(keys.WATCHER) == name:
+            return bool(self.client.pexpire(keys.WATCHER, ms))  # False: it expired just now
+        return bool(self.client.set(keys.WATCHER, name, px=ms, nx=True))
 
     def live_workers(self) -> list[dict[str, Any]]:
         """Workers whose registration has not expired; forgets the ones that did."""
@@ -61,6 +62,36 @@ class WorkerRegistry:
         if gone:
             self.client.zrem(keys.WORKERS, *gone)
         return out
+
+    def fleet_size(self) -> int:
+        return int(self.client.zcard(keys.WORKERS))
+
+    def due_in(self, queues: Sequence[str], pools: Sequence[str]) -> list[float]:
+        """Per queue, seconds until a claim there could take a job (server clock): 0 when
+        a served pool has one ready or a delayed or retrying job or an expired lease is due
+        now, -1 when nothing is scheduled. One round trip for all of them: a worker serving
+        many queues claims only where something can be taken."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        for q in queues:
+            pipe.exists(*[keys.ready(q, p) for p in pools])
+            for k in (Key.DELAYED, Key.RETRY, Key.RUNNING):
+                pipe.zrange(keys.queue_key(q, k), 0, 0, withscores=True)
+        replies = pipe.execute()
+        now = int(replies[0][0]) + int(replies[0][1]) / 1e6
+        out: list[float] = []
+        for i in range(len(queues)):
+            ready, *heads = replies[1 + 4 * i : 5 + 4 * i]
+            due = [float(h[0][1]) for h in heads if h]
+            out.append(0.0 if ready else max(min(due) - now, 0.0) if due else -1.0)
+        return out
+
+    def running_count(self, queues: Sequence[str]) -> int:
+        """Jobs running in these queues, all workers together."""
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            pipe.zcard(keys.queue_key(q, Key.RUNNING))
+        return sum(pipe.execute())
 
     def connected_workers(self) -> set[str] | None:
         """Names of the workers with at least one open connection, from ``CLIENT LIST`` (of

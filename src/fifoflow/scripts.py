@@ -32,6 +32,7 @@ import redis
 
 from .keys import (
     EVENTS_CAP,
+    RES_SCAN,
     RUN_BUCKETS,
     WAIT_BUCKETS,
     Event,
@@ -55,6 +56,7 @@ NAMES = (
     "requeue",
     "purge",
     "once",
+    "capacity",
 )
 CONSTANTS: dict[str, type[StrEnum]] = {
     "S": Status,
@@ -69,6 +71,7 @@ VALUES: dict[str, str] = {
     "wait_buckets": "{" + ", ".join(repr(float(b)) for b in WAIT_BUCKETS) + "}",
     "run_buckets": "{" + ", ".join(repr(float(b)) for b in RUN_BUCKETS) + "}",
     "events_cap": str(EVENTS_CAP),
+    "res_scan": str(RES_SCAN),
 }
 VALUE_RE = re.compile(r"\bV\.([a-z_]+)\b")
 
@@ -115,7 +118,7 @@ def _read(name: str) -> str:
 
 @cache
 def library() -> Library:
-    common = resolve(_read("_common.lua"))
+    common = resolve(_read("_common.lua")) + "\n" + resolve(_read("_resources.lua"))
     bodies = {name: resolve(_read(f"{name}.lua")) for name in NAMES}
     version = hashlib.sha1("".join([common, *bodies.values()]).encode()).hexdigest()[:12]
     functions = {name: f"ff_{version}_{name}" for name in NAMES}

@@ -139,6 +139,9 @@ def _config(paths: Paths, appendfsync: str, port: int) -> str:
             "bind 127.0.0.1" if port else "",
             f'unixsocket "{paths.socket}"',
             "unixsocketperm 700",
+            # a thousand slots may connect at once (their first report after a burst): a
+            # short listen queue would refuse them (EAGAIN) while the server is busy
+            "tcp-backlog 4096",
             f'dir "{paths.data}"',
             f'pidfile "{paths.pidfile}"',
             f'logfile "{paths.logfile}"',

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .allowlist import Resolver
 from .execution import Call, direct_call, execute
-from .records import Claimed, ClaimRequest, Completion, Outcome, nonce
+from .records import Claimed, Completion, Outcome
 from .resilience import supervised
 from .topology import Lane
 
@@ -201,7 +201,7 @@ class Slots:
         the queues' order is kept."""
         w = self.w
         n = 0 if w.stopping.is_set() or job.queue != w.queues[0] else w.take(1)
-        req = ClaimRequest(w.name, n, w.pools, w.lease, nonce()) if n else None
+        req = w.claim_request(n) if n else None
 
         sends = 0
 

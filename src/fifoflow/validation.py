@@ -60,6 +60,13 @@ def validate_alias(alias: object) -> str | None:
     return alias
 
 
+#: Exact types that need no further look (a bulk push checks millions of values).
+_STR = frozenset({str})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+#: One encoder for every push: ``json.dumps`` with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def validate_tags(tags: object) -> tuple[str, ...]:
     """A job's tags: up to 20 labels of 1-100 printable characters (Prefect shows them on
     the job's child flow runs). Duplicates are dropped, the order kept."""
@@ -79,13 +86,13 @@ def encode_params(params: object, max_bytes: int) -> str:
     """JSON object text of ``params``; never pickle. TypeError/ValueError name the problem."""
     if params is None:
         return "{}"
-    if not isinstance(params, Mapping):
+    if type(params) is not dict and not isinstance(params, Mapping):
         raise TypeError(f"params must be a JSON object (a dict), not {type(params).__name__}")
-    if not all(isinstance(k, str) for k in params):
+    if not _STR.issuperset(map(type, params)) and not all(isinstance(k, str) for k in params):
         raise TypeError("params keys must be strings (they become keyword arguments)")
     try:
-        text = json.dumps(params, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-        size = len(text.encode())
+        text = _JSON.encode(params)
+        size = len(text) if text.isascii() else len(text.encode())
     except UnicodeEncodeError:
         raise ValueError("params are not valid text (they hold a lone surrogate)") from None
     except (TypeError, ValueError) as e:
@@ -102,7 +109,7 @@ def _check_keys(params: Mapping[str, Any]) -> None:
     """JSON would silently turn nested non-string keys into strings ({1: 2} -> {"1": 2}),
     so the target would get other params than were pushed: refuse them. Runs after a
     successful dump, so the structure is finite and acyclic."""
-    stack: list[object] = list(params.values())
+    stack: list[object] = [v for v in params.values() if type(v) not in _SCALARS]
     while stack:
         value = stack.pop()
         if isinstance(value, Mapping):

@@ -33,9 +33,10 @@ from .dispatcher import Dispatcher
 from .errors import UsageError
 from .execution import Call, direct_call
 from .monitor import MetricsEndpoint, Monitor
-from .procslot import ProcessRunner
-from .records import Claimed, Outcome
+from .procslot import ProcessRunner, Setup
+from .records import Claimed, ClaimRequest, Outcome, nonce
 from .resilience import Health, Retrier, Stopping, supervised
+from .resources import Capacity, check_capacity
 from .settings import Settings, get_settings
 from .slots import Runner, Slots, ThreadRunner
 from .validation import validate_module, validate_name
@@ -63,7 +64,7 @@ class Worker:
         self,
         queues: Sequence[str] | None = None,
         modules: Iterable[str] = (),
-        concurrency: int = 1,
+        concurrency: int | None = None,
         pools: Sequence[str] | None = None,
         *,
         name: str | None = None,
@@ -77,17 +78,29 @@ class Worker:
         metrics_host: str = "127.0.0.1",
         max_jobs: int | None = None,
         scheduler: bool = False,
+        capacity: Capacity | None = None,
+        strict_fifo: bool = False,
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.modules = tuple(validate_module(m) for m in modules)
         if not self.modules:
             raise UsageError("a worker needs at least one module its targets may come from")
+        #: What it has (GPU ids, cpu, mem_gb, ...): the server picks what fits. None: a
+        #: plain worker, ``concurrency`` slots, declared amounts not looked at.
+        self.capacity = capacity
+        self.strict_fifo = strict_fifo
+        if concurrency is None:
+            concurrency = capacity.default_slots() if capacity is not None else 1
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise UsageError(f"concurrency must be a positive integer, not {concurrency!r}")
         self.concurrency = concurrency
         self.pools = [validate_name("pool", p) for p in (pools or ["default"])]
         self.queues = [validate_name("queue", q) for q in (queues or [self.settings.queue])]
+        if capacity is not None:
+            check_capacity(capacity, self.queues, processes)
+        elif strict_fifo:
+            raise UsageError("--strict-fifo orders jobs by resources: declare capacity too")
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
         if any(c.isspace() for c in self.name) or not self.name:
             raise UsageError(f"invalid worker name {self.name!r}: no spaces")
@@ -136,13 +149,25 @@ class Worker:
         """Called by a slot after each attempt, before its report (a hook for modes that
         keep their own account, such as Prefect's summary)."""
 
+    def claim_request(self, n: int, refill: bool = False) -> ClaimRequest:
+        """A claim of up to ``n`` jobs for this worker (by resources, if it has capacity)."""
+        return ClaimRequest(
+            self.name, n, self.pools, self.lease, nonce(), refill, self.capacity is not None
+        )
+
     def attempt_reported(self, job: Claimed, outcome: Outcome, result: str) -> None:
         """Called by a slot once an attempt's outcome is recorded: ``result`` is what the
         server made of it (succeeded, retry, dead, cancelled or stale). A hook."""
 
+    def process_setup(self) -> Setup | None:
+        """What a process slot's child runs its attempts with (``procslot``'s call factory
+        and config), asked each time one starts; None: plain calls. A hook."""
+        return None
+
     def make_runner(self, resolver: Resolver) -> Runner:
         if self.processes:
-            return ProcessRunner(self.modules, self.broker.url)
+            pinned = self.capacity is not None
+            return ProcessRunner(self.modules, self.broker.url, pinned, self.process_setup)
         return ThreadRunner(resolver, self.call, self.broker.url)
 
     # -- public ----------------------------------------------------------------------
@@ -156,12 +181,13 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         self.monitor.register()
         log.info(
-            "worker %s: queues %s, pools %s, %d slot(s)%s, modules %s",
+            "worker %s: queues %s, pools %s, %d slot(s)%s%s, modules %s",
             self.name,
             ",".join(self.queues),
             ",".join(self.pools),
             self.concurrency,
             " (processes)" if self.processes else "",
+            "" if self.capacity is None else f", capacity {self.capacity.describe()}",
             ",".join(self.modules),
         )
         if self.metrics is not None:
@@ -281,6 +307,8 @@ class Worker:
         self.stopped.set()
         self.monitor.wake()
         self.retry.once(lambda: self.broker.unregister_worker(self.name))
+        if self.capacity is not None:
+            self.monitor.register_capacity(withdraw=True)
         log.info("worker %s: stopped after %d job(s)", self.name, self.processed)
         self.dispatcher.close()
         if self.metrics is not None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..broker_resources import describe_use
 from ..errors import JobNotFound, UsageError
 from ..queue import STATUSES, Queue
 from .common import (
@@ -38,8 +39,13 @@ def status(queue: QueueOpt = None, json_: JsonOpt = False) -> None:
     broker = open_broker()
     counts = {n: broker.counts(n) for n in queue_names(broker, queue)}
     workers = len(broker.live_workers())
+    # Why a line waits for resources: its head fits no live worker's free capacity.
+    waiting = [line for n, c in counts.items() if c["queued"] for line in broker.explain_head(n)]
     if json_:
-        emit_json({"queues": counts, "workers": workers})
+        doc: dict[str, Any] = {"queues": counts, "workers": workers}
+        if waiting:  # heads waiting for resources, explained
+            doc["waiting"] = waiting
+        emit_json(doc)
         return
     table = Table("queue", *STATUSES, title=f"fifoflow: {workers} worker(s) live")
     for name, c in counts.items():
@@ -47,6 +53,8 @@ def status(queue: QueueOpt = None, json_: JsonOpt = False) -> None:
     if not counts:
         table.caption = "no queues yet: fifoflow push TARGET --params '{...}'"
     out.print(table)
+    for line in waiting:
+        out.print(line, markup=False, highlight=False)
 
 
 def _jobs_table(jobs: Sequence[dict[str, Any]], title: str) -> Table:
@@ -148,7 +156,16 @@ def _health(w: dict[str, Any]) -> str:
 
 def workers(json_: JsonOpt = False) -> None:
     """Live workers, what they run, and their health."""
-    live = open_broker().live_workers()
+    broker = open_broker()
+    live = broker.live_workers()
+    use = {
+        (q, u.name): u
+        for q in {w["queues"][0] for w in live if w.get("capacity")}
+        for u in broker.resource_use(q)
+    }
+    for w in live:
+        u = use.get((w["queues"][0], w["name"])) if w.get("capacity") else None
+        w["resources"] = describe_use(u) if u is not None else None
     if json_:
         emit_json(live)
         return
@@ -163,6 +180,7 @@ def workers(json_: JsonOpt = False) -> None:
         "done",
         "heartbeat",
         "health",
+        "resources (used/capacity)",
         title=f"{len(live)} worker(s)",
     )
     for w in live:
@@ -177,6 +195,7 @@ def workers(json_: JsonOpt = False) -> None:
             str(w.get("processed", 0)),
             fmt_age(w["heartbeat"]),
             _health(w),
+            w["resources"] or "-",
         )
     out.print(table)
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
+from ..resources import amount, parse_mem, parse_pairs
 from ..settings import get_settings
 from ..validation import encode_params, validate_target
 from ..workflows import load_dag, push_dag
@@ -50,6 +51,21 @@ def _read_params_file(path: str) -> list[dict[str, Any]]:
     return params
 
 
+def _resources(
+    gpus: int | None, mem: str | None, cpus: float | None, pairs: list[str]
+) -> dict[str, float] | None:
+    """The push's --gpus/--mem/--cpus/--resource as one declaration (None: none given)."""
+    need: dict[str, float] = parse_pairs(pairs)
+    for name, value in (("gpu", gpus), ("cpu", cpus)):
+        if value is not None:
+            if name in need:
+                raise UsageError(f"give {name} once: --{name}s, not also --resource {name}=")
+            need[name] = amount(name, value)
+    if mem is not None:
+        need["mem_gb"] = parse_mem(mem)
+    return need or None
+
+
 def push(
     target: Annotated[str, typer.Argument(help="package.module:function")],
     params: Annotated[str | None, typer.Option("--params", "-p", help="JSON object.")] = None,
@@ -82,6 +98,17 @@ def push(
     result_ttl: Annotated[
         int | None, typer.Option(min=1, help="Seconds its record is kept once finished.")
     ] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs each job needs.")] = None,
+    mem: Annotated[str | None, typer.Option("--mem", help="Memory each job needs: 16G.")] = None,
+    cpus: Annotated[float | None, typer.Option("--cpus", help="CPUs each job needs.")] = None,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option("--resource", help="Any other amount each job needs: NAME=N; repeatable."),
+    ] = None,
+    expected: Annotated[
+        float | None,
+        typer.Option("--expected", help="Seconds a job expects to run (for reservations)."),
+    ] = None,
     tag: Annotated[
         list[str] | None,
         typer.Option("--tag", help="A tag (on its Prefect child flow runs); repeatable."),
@@ -110,6 +137,8 @@ def push(
         on_parent_failure=on_parent_failure,
         job_id=job_id,
         result_ttl=result_ttl,
+        resources=_resources(gpus, mem, cpus, resource or []),
+        expected_seconds=expected,
         tags=tag,
     )
     with progress("pushing") as bar:

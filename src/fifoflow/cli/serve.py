@@ -13,10 +13,25 @@ from rich.table import Table
 
 from .. import server
 from ..errors import UsageError
+from ..resources import Capacity, parse_gpus, parse_mem, parse_pairs
 from ..settings import get_settings
 from .common import JsonOpt, emit_json, err, fail, out
 
 server_app = typer.Typer(help="The embedded Valkey server in FIFOFLOW_HOME.", no_args_is_help=True)
+
+
+def _capacity(
+    gpus: str | None, mem: str | None, cpus: float | None, pairs: list[str]
+) -> Capacity | None:
+    """--gpus/--mem/--cpus/--resource as the worker's capacity (None: none declared)."""
+    if gpus is None and mem is None and cpus is None and not pairs:
+        return None
+    return Capacity.declare(
+        parse_gpus(gpus) if gpus is not None else [],
+        cpus,
+        None if mem is None else parse_mem(mem),
+        parse_pairs(pairs),
+    )
 
 
 def worker(
@@ -25,7 +40,10 @@ def worker(
         list[str] | None, typer.Option("--queue", "-q", help="Queue(s), first listed first.")
     ] = None,
     pool: Annotated[list[str] | None, typer.Option("--pool", help="Pool(s) to serve.")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Slots.")] = 1,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", "-c", min=1, help="Slots [1; with capacity: as fit]."),
+    ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queues are drained.")] = False,
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect parent flow.")] = False,
     run_name: Annotated[
@@ -78,6 +96,19 @@ def worker(
         ),
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…")] = "INFO",
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="GPU ids it has: auto or 0,1,2,3 (needs --processes)."),
+    ] = None,
+    mem: Annotated[str | None, typer.Option("--mem", help="Memory it has for jobs: 64G.")] = None,
+    cpus: Annotated[float | None, typer.Option("--cpus", help="CPUs it has [all].")] = None,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option("--resource", help="Any other amount it has: NAME=N; repeatable."),
+    ] = None,
+    strict_fifo: Annotated[
+        bool, typer.Option("--strict-fifo", help="Nothing passes a head that cannot start.")
+    ] = False,
 ) -> None:
     """Run jobs from the queues, greedily, up to --concurrency at once."""
     level = logging.getLevelName(log_level.upper())
@@ -111,6 +142,8 @@ def worker(
         metrics_host=metrics_host,
         max_jobs=max_jobs,
         scheduler=scheduler,
+        capacity=_capacity(gpus, mem, cpus, resource or []),
+        strict_fifo=strict_fifo,
     )
     if prefect:
         try:

@@ -40,18 +40,17 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import temporary_settings
 from prefect.states import Cancelled, Cancelling, Crashed
 
-from ..allowlist import Resolver
 from ..execution import Cancelled as JobCancelled
 from ..execution import JobInfo, run_as
-from ..procslot import ProcessRunner
+from ..procslot import Setup
 from ..records import Claimed, Outcome
-from ..slots import Runner
 from ..worker import Worker
 from .attempts import Attempts, child_tags
 from .cancels import PrefectCancelWatch
 from .client import api_client, patient_startup, quick_retry
 from .deployment import START_TIMEOUT, DeploymentRuns
-from .hooks import emit_final, note_attempt, process_setup
+from .hooks import emit_final, note_attempt
+from .hooks import process_setup as child_setup
 from .runname import RunName
 from .summary import Summary
 
@@ -273,10 +272,8 @@ class PrefectWorker(Worker):
 
     # -- one job, one child flow run ----------------------------------------------------
 
-    def make_runner(self, resolver: Resolver) -> Runner:
-        if self.processes:
-            return ProcessRunner(self.modules, self.broker.url, lambda: process_setup(self))
-        return super().make_runner(resolver)
+    def process_setup(self) -> Setup:
+        return child_setup(self)
 
     def attempt_done(self, job: Claimed, outcome: Outcome, duration: float) -> None:
         note_attempt(self, job, outcome, duration)

@@ -33,6 +33,11 @@ local function job_key(P, id)
   return P .. K.job .. id
 end
 
+-- When job `id` was pushed: its rank is the server's time in microseconds at the push.
+local function created_of(id)
+  return tonumber(string.sub(id, 1, 14), 16) / 1000000
+end
+
 -- One wake token for a blocked worker of `pool`.
 local function wake(P, pool)
   local list = P .. K.wake .. pool
@@ -44,7 +49,7 @@ end
 -- Put a job (back) at its place in line: its score is fixed by its priority and its
 -- member by its id, so a retried, reaped or released job lands where it was.
 local function enqueue_ready(P, id, pool, priority, now)
-  redis.call('ZADD', P .. K.ready .. pool, -tonumber(priority), id)
+  redis.call('ZADD', P .. K.ready .. pool, -(tonumber(priority) or 0), id)
   redis.call('HSET', job_key(P, id), F.status, S.queued, F.queued_at, fmt_time(now))
   wake(P, pool)
 end
@@ -218,14 +223,16 @@ local function housekeep(P, now, force, policy)
 end
 
 -- The claim request at ARGV[i..]: worker, lease, n, nonce, max_lost, ttl, refill, resend,
--- pools... (see Broker._claim_args). `policy` is what housekeeping needs of it.
+-- res ('1': a worker with declared capacity, see _resources.lua), pools... (see
+-- Broker._claim_args). `policy` is what housekeeping needs of it.
 local function claim_request(argv, i)
   local req = {
     worker = argv[i], lease = tonumber(argv[i + 1]), n = tonumber(argv[i + 2]),
-    nonce = argv[i + 3], refill = argv[i + 6] == '1', resend = argv[i + 7] == '1', pools = {},
+    nonce = argv[i + 3], refill = argv[i + 6] == '1', resend = argv[i + 7] == '1',
+    res = argv[i + 8] == '1', pools = {},
   }
   req.policy = {max_lost = tonumber(argv[i + 4]), ttl = tonumber(argv[i + 5])}
-  for j = i + 8, #argv do req.pools[#req.pools + 1] = argv[j] end
+  for j = i + 9, #argv do req.pools[#req.pools + 1] = argv[j] end
   return req
 end
 
@@ -249,8 +256,9 @@ local function claimed_fields(P, out, id, f)
   out[#out + 1] = f.attempts
   out[#out + 1] = f.gather or ''
   out[#out + 1] = gathered(P, id, f)
+  out[#out + 1] = f.alloc or ''
   out[#out + 1] = f.tags or ''
-  out[#out + 1] = f.queued_at or f.created_at or ''
+  out[#out + 1] = f.queued_at or fmt_time(created_of(id))
 end
 
 -- The best head (highest priority, then oldest) across the pools' ready sets, removed.
@@ -273,9 +281,11 @@ local function pop_best(P, pools)
   return best_id
 end
 
--- Claim up to req.n jobs. Returns a flat array, 9 fields a job: id, target, params,
--- timeout, attempts, gather mode, gathered results, tags (JSON array text or ''), and
--- when it last entered the line (Unix seconds text). The fencing token is the request's nonce, chosen at random by the
+-- Claim up to req.n jobs. Returns a flat array, 10 fields a job (claimed_fields): id,
+-- target, params, timeout, attempts, gather mode, gathered results, its share of
+-- resources ('' if none), tags (JSON array text or ''), and when it last entered the line
+-- (Unix seconds text; a job never re-queued entered it when pushed: its rank, created_of).
+-- The fencing token is the request's nonce, chosen at random by the
 -- worker: unique even if the server loses its last writes. The nonce also makes the claim
 -- idempotent: a claim re-sent after a lost reply (the worker says so) returns the jobs the
 -- first one took (those still running with this token), never new ones; only then are
@@ -285,7 +295,7 @@ local function claim(P, req, now)
   if req.resend then
     for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
       local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts,
-        F.gather, F.parents, F.tags, F.queued_at, F.created_at)
+        F.gather, F.parents, F.alloc, F.tags, F.queued_at)
       if f.token == req.nonce then claimed_fields(P, out, id, f) end
     end
     if #out > 0 then return out end
@@ -302,9 +312,9 @@ local function claim(P, req, now)
     end
     local jk = job_key(P, id)
     local f = read(jk, F.target, F.params, F.timeout, F.attempts, F.pool, F.queued_at,
-      F.created_at, F.gather, F.parents, F.tags)
+      F.gather, F.parents, F.tags)
     f.attempts = tostring((tonumber(f.attempts) or 0) + 1)
-    local queued = tonumber(f.queued_at or f.created_at) or now
+    local queued = tonumber(f.queued_at) or created_of(id)
     observe(P, 'wait', f.pool or '', V.wait_buckets, math.max(now - queued, 0))
     redis.call('HSET', jk, F.status, S.running, F.started_at, started, F.worker, req.worker,
       F.token, req.nonce, F.attempts, f.attempts,
@@ -352,6 +362,30 @@ local function remember(P, nonce, reply)
   return reply
 end
 
+-- A push's reply is runs of consecutive ranks with the same flags: 'OK', then per run its
+-- first id, its length, new ('1' added, '0' de-duplicated) and status (broker_push
+-- expands them). A million-job push replies, and keeps for a re-send, a few runs per
+-- batch, not a few strings per job.
+local function add_run(runs, id, new, st)
+  local run = runs[#runs]
+  local rank = tonumber(string.sub(id, 1, 14), 16)
+  if type(run) == 'table' and rank == run.last + 1 and run[3] == new and run[4] == st
+    and string.sub(id, 15) == string.sub(run[1], 15) then
+    run[2], run.last = run[2] + 1, rank
+  else
+    runs[#runs + 1] = {id, 1, new, st, last = rank}
+  end
+end
+
+-- The runs as a reply (a flat array, as remember keeps it).
+local function flat_runs(runs)
+  local out = {runs[1]}
+  for r = 2, #runs do
+    for k = 1, 4 do out[#out + 1] = runs[r][k] end
+  end
+  return out
+end
+
 -- Jobs waiting in line (ready in any pool, delayed, waiting for a retry or for parents):
 -- what max_length bounds.
 local function pending(P)
@@ -375,15 +409,17 @@ end
 -- The push spec at ARGV[i..]: target, priority, pool, retries, timeout, delay, max_lost.
 -- ARGV places it takes: target, priority, pool, retries, timeout, delay, max_lost,
 -- parents ("QUEUE/ID,..." or ''), gather ('' | 'results' | 'input'), on_parent_failure,
--- result_ttl ('' = the queue's), alias ('' = none; one-job pushes only), tags (a JSON
+-- result_ttl ('' = the queue's), alias ('' = none; one-job pushes only), resources (JSON
+-- object, '' = one slot's worth), expected seconds ('' = not declared), tags (a JSON
 -- array of strings, '' = none).
-local SPEC_LEN = 13
+local SPEC_LEN = 15
 local function push_spec(argv, i)
   local spec = {
     target = argv[i], priority = argv[i + 1], pool = argv[i + 2], retries = argv[i + 3],
     timeout = argv[i + 4], delay = tonumber(argv[i + 5]) or 0, max_lost = argv[i + 6],
     parents = argv[i + 7], gather = argv[i + 8], on_parent_failure = argv[i + 9],
-    result_ttl = argv[i + 10], alias = argv[i + 11], tags = argv[i + 12] or '', refs = {},
+    result_ttl = argv[i + 10], alias = argv[i + 11], resources = argv[i + 12],
+    expected = argv[i + 13], tags = argv[i + 14] or '', refs = {},
   }
   for ref in string.gmatch(spec.parents, '[^,]+') do spec.refs[#spec.refs + 1] = ref end
   return spec
@@ -423,17 +459,38 @@ local function new_ids(P, suffix, count, now)
   return ids
 end
 
--- The job's hash, not yet in any set.
-local function write_job(P, id, spec, params, key, now)
+-- The ids a multi-batch push staged. Its stage list keeps one run per batch, "FIRST COUNT"
+-- (a batch's ranks are consecutive): a few bytes per batch, not an entry per job.
+local function staged_ids(P, push_id)
+  local ids = {}
+  for _, run in ipairs(redis.call('LRANGE', P .. K.stage .. push_id, 0, -1)) do
+    local first, n = string.match(run, '^(%S+) (%d+)$')
+    local rank, suffix = tonumber(string.sub(first, 1, 14), 16), string.sub(first, 15)
+    for k = 0, tonumber(n) - 1 do ids[#ids + 1] = string.format('%014x', rank + k) .. suffix end
+  end
+  return ids
+end
+
+-- The job's hash, not yet in any set: one HSET of the fields it needs. Its creation time
+-- is its rank (created_of), attempts is 0 until a claim counts one, and priority 0 is the
+-- default (enqueue_ready, job_record): none of them is stored, which keeps a queued job
+-- small (docs/benchmarks.md, "Scale").
+local function write_job(P, id, spec, params, key)
   local jk = job_key(P, id)
-  redis.call('HSET', jk, F.target, spec.target, F.params, params, F.priority, spec.priority,
-    F.pool, spec.pool, F.retries, spec.retries, F.created_at, fmt_time(now), F.attempts, 0,
-    F.status, S.queued)
+  if spec.priority == '0' then
+    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.pool, spec.pool,
+      F.retries, spec.retries, F.status, S.queued)
+  else
+    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.priority, spec.priority,
+      F.pool, spec.pool, F.retries, spec.retries, F.status, S.queued)
+  end
   if spec.timeout ~= '' then redis.call('HSET', jk, F.timeout, spec.timeout) end
   if spec.max_lost ~= '' then redis.call('HSET', jk, F.max_lost, spec.max_lost) end
   if spec.result_ttl ~= '' then redis.call('HSET', jk, F.result_ttl, spec.result_ttl) end
   if spec.tags ~= '' then redis.call('HSET', jk, F.tags, spec.tags) end
   if key ~= '' then redis.call('HSET', jk, F.key, key) end
+  if spec.resources ~= '' then redis.call('HSET', jk, F.resources, spec.resources) end
+  if spec.expected ~= '' then redis.call('HSET', jk, F.expected, spec.expected) end
   if spec.alias ~= '' then
     redis.call('HSET', jk, F.alias, spec.alias)
     redis.call('HSET', P .. K.aliases, spec.alias, id)

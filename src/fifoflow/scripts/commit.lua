@@ -2,9 +2,9 @@
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- ARGV[1]  push id (see stage.lua)      ARGV[2] '1' if this is a re-send
 -- ARGV[3]  ttl seconds of finished records (for jobs dead at once: a parent failed)
--- ARGV[4..16] the push spec (see push_spec; the same as each stage.lua call)
--- ARGV[17] '1' if any job of the push has a de-duplication key
--- Returns  {'OK', id1, new1, status1, ...} in push order (as push.lua)
+-- ARGV[4..18] the push spec (see push_spec; the same as each stage.lua call)
+-- ARGV[19] '1' if any job of the push has a de-duplication key
+-- Returns  {'OK', first id, count, new, status, ...}: runs in push order (as push.lua)
 --       or {'FULL', pending, max_length, adding}   (nothing added; the staged jobs are gone)
 --       or {'NOPARENT', QUEUE/ID} (nothing added; the staged jobs are gone)
 --       or {'GONE'}  (nothing staged under that id: it expired)
@@ -17,7 +17,7 @@ local list = P .. K.stage .. push_id
 local prior = replayed(P, push_id, resend)
 if prior then return prior end
 local now = now_s()
-local staged = redis.call('LRANGE', list, 0, -1)
+local staged = staged_ids(P, push_id)
 if #staged == 0 then return {'GONE'} end
 local state, unknown = parents_state(spec)
 
@@ -66,10 +66,9 @@ end
 drop(losers)
 local fate = attach(P, visible, spec, state, now)
 local status = publish(P, visible, keys_by_id, spec, now, fate, state, ttl)
-local out = {'OK'}
+local runs = {'OK'}
 for j, id in ipairs(final) do
-  out[#out + 1] = id
-  out[#out + 1] = new[j] and '1' or '0'
-  out[#out + 1] = new[j] and status or (redis.call('HGET', job_key(P, id), F.status) or status)
+  add_run(runs, id, new[j] and '1' or '0',
+    new[j] and status or (redis.call('HGET', job_key(P, id), F.status) or status))
 end
-return remember(P, push_id, out)
+return remember(P, push_id, flat_runs(runs))

@@ -11,7 +11,8 @@
 -- ARGV[7]  retry base seconds     ARGV[8] retry cap seconds    ARGV[9] jitter in [0.5, 1]
 -- ARGV[10] the worker's slot that ran it ('' if none): for the timeline
 -- ARGV[11..] the claim request for the slot's next job (N = 0: none), as in claim.lua
--- Returns  {outcome, next_event_seconds, claimed jobs (9 fields each)...}
+--          (res = '1': a worker with declared capacity, res_claim in _resources.lua)
+-- Returns  {outcome, next_event_seconds, claimed jobs (10 fields each)...}
 --          outcome: 'succeeded' | 'retry' | 'dead' | 'cancelled' | 'stale'
 local P = KEYS[1]
 local job_id, token, outcome, payload, tb, extra = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
@@ -23,7 +24,7 @@ local jk = job_key(P, job_id)
 local now = now_s()
 
 local cur = read(jk, F.token, F.status, F.retries, F.key, F.failures, F.pool, F.done,
-  F.started_at, F.target, F.worker, F.result_ttl, F.children, F.cancel)
+  F.started_at, F.target, F.worker, F.result_ttl, F.children, F.cancel, F.alloc)
 local result = 'stale'
 local wake_after = nil  -- a retry due before anything else: wake a worker at the end
 if cur.token == token and cur.status == S.running and token ~= '' then
@@ -74,6 +75,7 @@ if cur.token == token and cur.status == S.running and token ~= '' then
     end
   end
   timeline(P, job_id, cur, slot, now, result)
+  if cur.alloc and cur.alloc ~= '' then res_freed(P, cur.pool) end
 elseif cur.done and token ~= '' and string.sub(cur.done, 1, #token + 1) == token .. '|' then
   result = string.sub(cur.done, #token + 2)  -- a re-sent report: the first one's outcome
 end
@@ -81,11 +83,11 @@ end
 local out = {}
 if req.n > 0 then
   housekeep(P, now, false, req.policy)
-  out = claim(P, req, now)
+  out = req.res and res_claim(P, req, now) or claim(P, req, now)
 end
 -- The time to the next event matters only to a slot that is about to go idle.
 local soonest = -1
-if req.n == 0 or #out < req.n * 7 then soonest = next_event(P, now) end
+if req.n == 0 or #out < req.n * 8 then soonest = next_event(P, now) end
 if wake_after then wake(P, wake_after) end
 table.insert(out, 1, tostring(soonest))
 table.insert(out, 1, result)

@@ -23,7 +23,7 @@ if policy.ttl > 0 then
 end
 for _, push_id in ipairs(redis.call('ZRANGEBYSCORE', P .. K.staging, '-inf', now - 3600,
     'LIMIT', 0, 10)) do
-  for _, id in ipairs(redis.call('LRANGE', P .. K.stage .. push_id, 0, -1)) do
+  for _, id in ipairs(staged_ids(P, push_id)) do
     redis.call('DEL', job_key(P, id))
   end
   redis.call('DEL', P .. K.stage .. push_id)

@@ -4,11 +4,12 @@
 -- ARGV[1]  nonce: a re-sent push (its reply was lost) returns the first reply, adds nothing
 -- ARGV[2]  '1' if this is a re-send      ARGV[3] id suffix (4 hex digits of the queue name)
 -- ARGV[4]  ttl seconds of finished records (for jobs dead at once: a parent failed)
--- ARGV[5..17] the push spec (see push_spec in _common.lua: target, priority, pool,
+-- ARGV[5..19] the push spec (see push_spec in _common.lua: target, priority, pool,
 --          retries, timeout, delay, max_lost, parents, gather, on_parent_failure,
---          result_ttl, alias)
--- ARGV[18..] pairs: params (JSON), de-duplication key ('' = none)
--- Returns  {'OK', id1, new1, status1, ...}  (new = '1' added, '0' de-duplicated)
+--          result_ttl, alias, resources, expected, tags)
+-- ARGV[20..] pairs: params (JSON), de-duplication key ('' = none)
+-- Returns  {'OK', first id, count, new, status, ...}: runs of consecutive ids in push order
+--          (new = '1' added, '0' de-duplicated; see add_run in _common.lua)
 --       or {'FULL', pending, max_length, adding}   (nothing added)
 --       or {'NOPARENT', QUEUE/ID} / {'ALIAS', alias}  (nothing added)
 local P = KEYS[1]
@@ -60,18 +61,17 @@ local keys_by_id = {}
 for j, e in ipairs(entries) do
   if e.new then
     local params, key = ARGV[FIRST + 2 * (j - 1)], ARGV[FIRST + 2 * (j - 1) + 1]
-    write_job(P, ids[e.slot], spec, params, key, now)
+    write_job(P, ids[e.slot], spec, params, key)
     if key ~= '' then keys_by_id[ids[e.slot]] = key end
   end
 end
 local fate = attach(P, ids, spec, state, now)
 local status = publish(P, ids, keys_by_id, spec, now, fate, state, ttl)
 
-local out = {'OK'}
+local runs = {'OK'}
 for _, e in ipairs(entries) do
   local id = e.id or ids[e.slot]
-  out[#out + 1] = id
-  out[#out + 1] = e.new and '1' or '0'
-  out[#out + 1] = e.id and (redis.call('HGET', job_key(P, id), F.status) or S.queued) or status
+  add_run(runs, id, e.new and '1' or '0',
+    e.id and (redis.call('HGET', job_key(P, id), F.status) or S.queued) or status)
 end
-return remember(P, nonce, out)
+return remember(P, nonce, flat_runs(runs))
