@@ -123,3 +123,32 @@ def _write_state(flow: Any, flow_run: Any, state: Any) -> None:
 @flow(name="ff-hooked", on_completion=[_write_state])
 def hooked(marker: str) -> str:
     return "done"
+
+
+def where(n: int, lr: float = 0.1) -> dict[str, Any]:
+    """A plain function that says which process ran it (process slots: not the worker's)."""
+    import os
+
+    info = current_job()
+    print(f"where print n={n}")
+    return {"n": n, "pid": os.getpid(), "tags": list(info.tags) if info else None}
+
+
+def flaky_plain(marker: str, n: int = 0) -> str:
+    """Fails on its first attempt only (a plain function)."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("1")
+        raise RuntimeError("first attempt fails")
+    return "ok"
+
+
+def until_cancelled(seconds: float = 120.0) -> str:
+    """Runs until its job is cancelled (``fifoflow cancel``), at most ``seconds``."""
+    from fifoflow import check_cancelled
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check_cancelled()
+        time.sleep(0.05)
+    return "not cancelled"

@@ -235,3 +235,32 @@ def test_gpu_smoke_example_skips_clearly_without_a_gpu(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("SKIP: no GPU on this machine"), r.stdout
+
+
+@pytest.mark.parametrize("by_resources", [False, True])
+def test_a_claim_carries_share_tags_and_queued_time(vqueue: Queue, by_resources: bool) -> None:
+    """One claim reply layout for both claims (plain and by resources), and for a re-sent
+    claim: each job's share of resources, its tags, and when it entered the line (never
+    re-queued: its push time, the rank in its id, as its record says)."""
+    b = vqueue.broker
+    if by_resources:
+        cap = Capacity(("0", "1"), {"cpu": 2.0})
+        b.register_capacity(vqueue.name, "w", cap, 4, ["default"], "h", False, 60)
+    need = {"gpu": 1} if by_resources else None
+    tagged = vqueue.push("m:f", {"n": 1}, tags=["a", "b c"], resources=need)
+    plain = vqueue.push("m:f")
+    req = ClaimRequest("w", 2, ["default"], 60.0, nonce(), resources=by_resources)
+    first = b.claim(vqueue.name, req).jobs
+    again = b.claim(vqueue.name, req, resent=True).jobs
+    for claimed in (first, again):
+        assert [j.id for j in claimed] == [tagged.id, plain.id]
+        one, two = claimed
+        assert json.loads(one.params) == {"n": 1} and one.attempts == 1
+        assert one.tag_list() == ["a", "b c"] and two.tag_list() == []
+        for job, j in ((tagged, one), (plain, two)):
+            assert j.queued_at == pytest.approx(vqueue.record(job.id)["created_at"], abs=1e-5)
+        if by_resources:
+            assert len(json.loads(one.alloc)["gpu_ids"]) == 1
+            assert "gpu_ids" not in json.loads(two.alloc)
+        else:
+            assert one.alloc == two.alloc == ""

@@ -44,6 +44,10 @@ class JobInfo:
     url: str | None = None
     #: Set when the job is cancelled while it runs (``fifoflow cancel ID``).
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: The job's tags (``push(..., tags=)``).
+    tags: tuple[str, ...] = ()
+    #: When the job last entered the line (Unix seconds), if known.
+    queued_at: float | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -207,7 +211,15 @@ def execute(
     A gathering job gets its parents' results as ``results`` (or, in a chain, the one
     result as ``input``)."""
     info = JobInfo(
-        job.id, job.queue, job.target, job.attempts, job.timeout, url, cancel or threading.Event()
+        job.id,
+        job.queue,
+        job.target,
+        job.attempts,
+        job.timeout,
+        url,
+        cancel or threading.Event(),
+        tuple(job.tag_list()),
+        job.queued_at,
     )
     extra: dict[str, str] = {}
     fn: Callable[..., Any] | None = None

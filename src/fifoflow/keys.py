@@ -82,6 +82,7 @@ class Field(StrEnum):
     RESOURCES = "resources"  # JSON object: what it needs, e.g. {"gpu": 2} ('' = one slot)
     EXPECTED = "expected"  # seconds it expects to run (the head's reservation), if declared
     ALLOC = "alloc"  # JSON: its share while it runs: {"need": {...}, "gpu_ids": [...]}
+    TAGS = "tags"  # JSON array of the job's tags (Prefect mode: on its child flow runs)
 
 
 class Key(StrEnum):

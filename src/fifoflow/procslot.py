@@ -8,30 +8,41 @@ child: CUDA reads the variable once per process) and ``FIFOFLOW_RESOURCES`` = it
 
 Parent and child exchange JSON text only (``send_bytes``), never pickled objects. The
 child runs the same ``execution.execute`` as a thread slot; the parent checks the module
-allow-list before sending, so a disallowed target is never imported anywhere.
+allow-list before sending, so a disallowed target is never imported anywhere. A mode that
+calls functions its own way (Prefect: each attempt a child flow run) names a *call
+factory*, ``"module:function"`` taking a JSON-able config and returning the ``Call`` the
+child passes to ``execute`` (``setup``); the config's ``"env"`` (if any) is set in the
+child's environment before the factory's module is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import multiprocessing
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .allowlist import Resolver, TargetNotAllowed, check_allowed
-from .execution import execute, one_line
+from .execution import Call, direct_call, execute, one_line
 from .records import Claimed, Outcome
 from .resources import job_env
 
 #: Seconds a cancelled job's process has between SIGTERM and SIGKILL.
 STOP_GRACE = 5.0
+#: Seconds an idle child has to exit by itself when its slot closes (it flushes what its
+#: libraries still buffer, such as Prefect's logs and events) before it is killed.
+CLOSE_GRACE = 5.0
+
+#: A call factory and its config (JSON text): see the module docstring.
+Setup = tuple[str, str]
 
 
 def _child_main(
@@ -40,6 +51,7 @@ def _child_main(
     modules: list[str],
     url: str | None,
     env: dict[str, str] | None = None,
+    setup: Setup | None = None,
 ) -> None:
     # Pinned before anything is imported: CUDA reads CUDA_VISIBLE_DEVICES once.
     os.environ.update(env or {})
@@ -48,6 +60,12 @@ def _child_main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.path[:0] = [p for p in sys_path if p not in sys.path]
     resolver = Resolver(modules)
+    call: Call = direct_call
+    if setup is not None:
+        module, name = setup[0].split(":")
+        config = json.loads(setup[1])
+        os.environ.update(config.get("env") or {})
+        call = getattr(importlib.import_module(module), name)(config)
     while True:
         try:
             job = Claimed(**json.loads(conn.recv_bytes()))
@@ -55,7 +73,7 @@ def _child_main(
             return
         if env is not None:  # a worker with capacity: this job's share
             os.environ.update(job_env(job.alloc))
-        outcome = execute(job, resolver, url=url)
+        outcome = execute(job, resolver, call, url=url)
         conn.send_bytes(json.dumps(asdict(outcome)).encode())
 
 
@@ -65,12 +83,17 @@ class ProcessRunner:
     enforces_timeout = True
 
     def __init__(
-        self, modules: Sequence[str], url: str | None = None, pinned: bool = False
+        self,
+        modules: Sequence[str],
+        url: str | None = None,
+        pinned: bool = False,
+        setup: Callable[[], Setup | None] | None = None,
     ) -> None:
         #: Jobs run pinned to their share (``CUDA_VISIBLE_DEVICES``, ``FIFOFLOW_RESOURCES``).
         self.pinned = pinned
         self._modules = list(modules)
         self._url = url
+        self._setup = setup  # asked each time a child starts
         self._ctx: Any = multiprocessing.get_context("spawn")
         if pinned and "forkserver" in multiprocessing.get_all_start_methods():
             # A pinned worker starts a child per change of GPUs: forked from a server that
@@ -80,6 +103,7 @@ class ProcessRunner:
             self._ctx.set_forkserver_preload(["fifoflow.procslot"])
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._busy = False  # a job was sent and its outcome not yet read
         #: The GPUs the child was started with (None: not pinned, a plain worker).
         self._devices: str | None = None
 
@@ -95,7 +119,14 @@ class ProcessRunner:
             parent, child = self._ctx.Pipe()
             self._proc = self._ctx.Process(
                 target=_child_main,
-                args=(child, list(sys.path), self._modules, self._url, env),
+                args=(
+                    child,
+                    list(sys.path),
+                    self._modules,
+                    self._url,
+                    env,
+                    None if self._setup is None else self._setup(),
+                ),
                 daemon=True,
             )
             self._devices = devices
@@ -112,6 +143,7 @@ class ProcessRunner:
             return Outcome("dead", one_line(e))
         conn = self._ensure(job)
         try:
+            self._busy = True
             conn.send_bytes(json.dumps(asdict(job)).encode())
             if not conn.poll(job.timeout):
                 self.close()
@@ -119,6 +151,7 @@ class ProcessRunner:
                     "fail", f"TimeoutError: job exceeded its timeout of {job.timeout:g}s"
                 )
             reply = json.loads(conn.recv_bytes())
+            self._busy = False
         except (EOFError, OSError, ValueError):
             code = self._proc.exitcode if self._proc else None
             self.close()
@@ -151,11 +184,16 @@ class ProcessRunner:
             os.kill(proc.pid, signal.SIGKILL)
 
     def close(self) -> None:
-        """Stop the child at once (its job, if any, is abandoned)."""
+        """Stop the child: an idle one is asked to exit (it gets ``CLOSE_GRACE`` seconds),
+        a busy one is killed at once (its job is abandoned)."""
+        idle = not self._busy
+        self._busy = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         if self._proc is not None:
+            if idle and self._proc.is_alive():
+                self._proc.join(CLOSE_GRACE)  # its end of the pipe sees EOF: it returns
             if self._proc.is_alive() and self._proc.pid is not None:
                 os.kill(self._proc.pid, signal.SIGKILL)
             self._proc.join(5)

@@ -22,6 +22,7 @@ from .validation import (
     validate_alias,
     validate_key,
     validate_name,
+    validate_tags,
     validate_target,
 )
 
@@ -157,17 +158,18 @@ class Queue:
         job_id: str | None = None,
         resources: Mapping[str, float] | None = None,
         expected_seconds: float | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Job:
         """Queue one job. ``depends_on``: jobs (or ids, of this queue) that must succeed
         first; it waits (status ``waiting``), then takes its own place in line. With
         ``gather`` it receives their results, in their push order, as ``results``.
         ``job_id``: an id of the caller's choosing, usable wherever an id is (refused if
         taken); fifoflow keeps its own id too, which carries the job's place in line.
-        ``retries`` and ``timeout`` default to ``FIFOFLOW_RETRIES`` (3) and
-        ``FIFOFLOW_TIMEOUT_SECONDS`` (none).
+        ``retries``/``timeout`` default to ``FIFOFLOW_RETRIES`` (3)/``FIFOFLOW_TIMEOUT_SECONDS``.
         ``resources``: what it needs, e.g. ``{"gpu": 2, "mem_gb": 16, "cpu": 4}`` (default:
         one slot's worth); ``expected_seconds``: how long it expects to run (see
-        docs/resources.md)."""
+        docs/resources.md). ``tags``: labels of the job (Prefect mode puts them on its
+        child flow runs)."""
         return self.push_many(
             target,
             [params],
@@ -185,6 +187,7 @@ class Queue:
             job_id=job_id,
             resources=resources,
             expected_seconds=expected_seconds,
+            tags=tags,
         )[0]
 
     def push_many(
@@ -208,6 +211,7 @@ class Queue:
         on_batch: Callable[[int], object] | None = None,
         resources: Mapping[str, float] | None = None,
         expected_seconds: float | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Job]:
         """Queue one job per parameter set, all or none: everything is checked before
         anything is sent, and a push of many batches becomes visible in one step, so a
@@ -241,6 +245,7 @@ class Queue:
             alias=validate_alias(job_id),
             resources=validate_need(resources),
             expected=seconds("expected_seconds", expected_seconds, allow_zero=True),
+            tags=validate_tags(tags),
         )
         if mode and not spec.parents:
             raise UsageError("gather needs depends_on: the jobs whose results it gathers")

@@ -22,8 +22,8 @@ def nonce() -> str:
 
 
 #: Fields per claimed job in a script's reply: id, target, params, timeout, attempts,
-#: gather mode, gathered results, share of resources.
-CLAIM_FIELDS = 8
+#: gather mode, gathered results, share of resources, tags, when it entered the line.
+CLAIM_FIELDS = 10
 
 OutcomeKind = Literal["ok", "fail", "dead"]
 #: A report's outcomes that end the job (``Completion.outcome``).
@@ -51,6 +51,8 @@ class PushSpec:
     resources: str = ""
     #: Seconds each job expects to run (a blocked head's reservation counts on it).
     expected: float | None = None
+    #: Labels of the jobs (Prefect mode puts them on the child flow runs).
+    tags: tuple[str, ...] = ()
 
     def args(self) -> list[str]:
         """In the order of ``push_spec`` in ``_common.lua`` (``SPEC_LEN`` of them)."""
@@ -69,6 +71,7 @@ class PushSpec:
             self.alias or "",
             self.resources,
             "" if self.expected is None else repr(self.expected),
+            json.dumps(list(self.tags)) if self.tags else "",
         ]
 
 
@@ -110,6 +113,11 @@ class Claimed:
     gathered: str = ""  # their results, a JSON array text
     #: Its share of the worker's resources, JSON ('' if none): {"need": .., "gpu_ids": ..}
     alloc: str = ""
+    tags: str = ""  # the job's tags, a JSON array text ('' = none)
+    queued_at: float | None = None  # when it last entered the line (Unix seconds)
+
+    def tag_list(self) -> list[str]:
+        return list(json.loads(self.tags)) if self.tags else []
 
 
 @dataclass(slots=True)
@@ -185,6 +193,8 @@ def parse_claimed(queue: str, token: str, flat: Sequence[str]) -> list[Claimed]:
             gather=flat[i + 5],
             gathered=flat[i + 6],
             alloc=flat[i + 7],
+            tags=flat[i + 8],
+            queued_at=float(flat[i + 9]) if flat[i + 9] else None,
         )
         for i in range(0, len(flat), CLAIM_FIELDS)
     ]
@@ -250,4 +260,5 @@ def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any
         "expected_seconds": _float(raw.get(Field.EXPECTED)),
         "alloc": _load_json(raw.get(Field.ALLOC)) if status == Status.RUNNING else None,
         "flow_run_id": raw.get(Field.FLOW_RUN_ID) or None,
+        "tags": _load_json(raw.get(Field.TAGS)) or [],
     }

@@ -217,6 +217,7 @@ class Slots:
 
         result = w.retry(report, forever=True)
         w.untake(n - len(result.claimed))
+        w.attempt_reported(job, outcome, result.outcome)
         w.done_one()
         log.log(
             logging.INFO if outcome.kind == "ok" else logging.WARNING,

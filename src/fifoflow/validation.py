@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import keys
@@ -65,6 +65,21 @@ _STR = frozenset({str})
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 #: One encoder for every push: ``json.dumps`` with options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def validate_tags(tags: object) -> tuple[str, ...]:
+    """A job's tags: up to 20 labels of 1-100 printable characters (Prefect shows them on
+    the job's child flow runs). Duplicates are dropped, the order kept."""
+    if tags is None:
+        return ()
+    if isinstance(tags, str) or not isinstance(tags, Sequence):
+        raise UsageError(f"tags must be a list of strings, not {type(tags).__name__}")
+    for tag in tags:
+        if not isinstance(tag, str) or not re.fullmatch(r"[^\x00-\x1f\x7f]{1,100}", tag):
+            raise UsageError(f"invalid tag {tag!r}: 1-100 printable characters")
+    if len(set(tags)) > 20:
+        raise UsageError(f"at most 20 tags a job, not {len(set(tags))}")
+    return tuple(dict.fromkeys(tags))
 
 
 def encode_params(params: object, max_bytes: int) -> str:

@@ -33,7 +33,7 @@ from .dispatcher import Dispatcher
 from .errors import UsageError
 from .execution import Call, direct_call
 from .monitor import MetricsEndpoint, Monitor
-from .procslot import ProcessRunner
+from .procslot import ProcessRunner, Setup
 from .records import Claimed, ClaimRequest, Outcome, nonce
 from .resilience import Health, Retrier, Stopping, supervised
 from .resources import Capacity, check_capacity
@@ -155,9 +155,19 @@ class Worker:
             self.name, n, self.pools, self.lease, nonce(), refill, self.capacity is not None
         )
 
+    def attempt_reported(self, job: Claimed, outcome: Outcome, result: str) -> None:
+        """Called by a slot once an attempt's outcome is recorded: ``result`` is what the
+        server made of it (succeeded, retry, dead, cancelled or stale). A hook."""
+
+    def process_setup(self) -> Setup | None:
+        """What a process slot's child runs its attempts with (``procslot``'s call factory
+        and config), asked each time one starts; None: plain calls. A hook."""
+        return None
+
     def make_runner(self, resolver: Resolver) -> Runner:
         if self.processes:
-            return ProcessRunner(self.modules, self.broker.url, self.capacity is not None)
+            pinned = self.capacity is not None
+            return ProcessRunner(self.modules, self.broker.url, pinned, self.process_setup)
         return ThreadRunner(resolver, self.call, self.broker.url)
 
     # -- public ----------------------------------------------------------------------

@@ -114,6 +114,10 @@ def push(
         float | None,
         typer.Option("--expected", help="Seconds a job expects to run (for reservations)."),
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="A tag (on its Prefect child flow runs); repeatable."),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Queue one job per parameter set; print one job id per line (--json: a list of ids)."""
@@ -140,6 +144,7 @@ def push(
         result_ttl=result_ttl,
         resources=_resources(gpus, mem, cpus, resource or []),
         expected_seconds=expected,
+        tags=tag,
     )
     with progress("pushing") as bar:
         task = bar.add_task("push", total=len(sets))

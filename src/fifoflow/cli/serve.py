@@ -51,6 +51,17 @@ def worker(
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queues are drained.")] = False,
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect parent flow.")] = False,
+    run_name: Annotated[
+        str | None,
+        typer.Option(
+            "--run-name",
+            help="With --prefect: child flow run names from params, e.g. 'lr={lr}-bs={bs}'.",
+        ),
+    ] = None,
+    job_events: Annotated[
+        bool,
+        typer.Option(help="With --prefect: emit each job's lifecycle as Prefect events."),
+    ] = True,
     deployment: Annotated[
         str | None,
         typer.Option(help="With --prefect: run each job as a run of this FLOW/DEPLOYMENT."),
@@ -114,10 +125,12 @@ def worker(
     setup_logging(log_level, log_format)
     if not grace >= 0:  # NaN too
         raise UsageError("--grace must be >= 0")
-    if prefect and processes:
-        raise UsageError("--prefect and --processes cannot be combined")
+    if run_name is not None and not prefect:
+        raise UsageError("--run-name names Prefect flow runs: it needs --prefect")
     if (deployment or work_queue) and not prefect:
         raise UsageError("--deployment and --work-queue need --prefect")
+    if deployment and processes:
+        raise UsageError("--deployment runs jobs on the work pool: --processes does not apply")
     # Like celery and rq: modules in the current folder are importable.
     sys.path.insert(0, os.getcwd())
     settings = get_settings()
@@ -149,7 +162,7 @@ def worker(
                 f"--prefect needs Prefect: pip install 'fifoflow[prefect]' ({e})"
             ) from None
         kwargs.update(deployment=deployment, work_queue=work_queue, start_timeout=start_timeout)
-        w: Any = PrefectWorker(**kwargs)
+        w: Any = PrefectWorker(run_name=run_name, events=job_events, **kwargs)
     else:
         from ..worker import Worker
 

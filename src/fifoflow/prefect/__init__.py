@@ -21,9 +21,10 @@ except ImportError as e:  # pragma: no cover - depends on the install
     ) from None
 
 from ..execution import JobInfo, current_job
+from .attempts import CHILD_TAG
 from .children import ChildRunFailed, make_child_flow
 from .client import api_client
-from .worker import CHILD_TAG, DISPATCHER_FLOW, PrefectWorker
+from .worker import DISPATCHER_FLOW, PrefectWorker
 
 __all__ = [
     "CHILD_TAG",

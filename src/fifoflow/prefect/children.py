@@ -20,9 +20,10 @@ from uuid import UUID, uuid4
 
 from prefect import Flow, Task
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.actions import FlowRunCreate
+from prefect.client.schemas.objects import FlowRun, FlowRunPolicy, State
 from prefect.flow_engine import run_flow
-from prefect.states import Pending
+from prefect.states import Pending, to_state_create
 
 from ..execution import JobInfo
 
@@ -77,6 +78,8 @@ def create_child_run(
     tracking: Task[..., Any],
     parameters: dict[str, Any],
     tags: list[str],
+    name: str | None = None,
+    flow_id: UUID | None = None,
 ) -> FlowRun:
     """The child's flow run, created the way Prefect records a subflow: a tracking task
     run in the dispatcher's flow run, and a flow run whose parent_task_run_id is it.
@@ -84,6 +87,10 @@ def create_child_run(
     Created here rather than by Prefect's subflow call so that (1) the dynamic key is a
     UUID, never a per-flow counter shared by the slot threads, and (2) a "database is
     busy" answer of a SQLite-backed API is retried within milliseconds (``api_client``).
+    ``name``: the run's name (``--run-name``); by default ``JOB-tryN``, or the flow's own
+    ``flow_run_name``, which Prefect applies when the run starts. ``flow_id``: the flow's
+    id in the API, when known: Prefect's ``create_flow_run`` upserts the flow by name
+    first, one more API call per child that this saves.
     """
     task_run = client.create_task_run(
         task=tracking,
@@ -94,13 +101,33 @@ def create_child_run(
         state=Pending(),
         task_inputs={name: [] for name in parameters},
     )
-    return client.create_flow_run(
-        flow=child,
-        name=None if child.flow_run_name else f"{job.id}-try{job.attempt}",
-        parameters=child.serialize_parameters(parameters),
+    run_name = name or (None if child.flow_run_name else f"{job.id}-try{job.attempt}")
+    serialized = child.serialize_parameters(parameters)
+    if flow_id is None:
+        return client.create_flow_run(
+            flow=child,
+            name=run_name,
+            parameters=serialized,
+            tags=tags,
+            parent_task_run_id=task_run.id,
+        )
+    create = FlowRunCreate(
+        flow_id=flow_id,
+        flow_version=child.version,
+        name=run_name,
+        parameters=serialized,
+        context={},
         tags=tags,
         parent_task_run_id=task_run.id,
+        state=to_state_create(Pending()),
+        empirical_policy=FlowRunPolicy(
+            retries=child.retries, retry_delay=int(child.retry_delay_seconds or 0)
+        ),
     )
+    body = create.model_dump(mode="json", exclude_unset=True)
+    flow_run = FlowRun.model_validate(client.request("POST", "/flow_runs/", json=body).json())
+    flow_run.parameters = serialized
+    return flow_run
 
 
 def run_to_state(

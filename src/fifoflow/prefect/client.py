@@ -20,38 +20,52 @@ def api_client() -> Iterator[SyncPrefectClient]:
 
     A SQLite-backed API (the ephemeral one, or ``prefect server start`` without Postgres)
     answers 503 when two writes collide; Prefect's client then sleeps 2 s or more before
-    it tries again, which would cost a child that much for a few milliseconds of lock. A
-    503 is retried here after 10 ms, 20 ms, ... 0.5 s; anything else, and a 503 that
-    lasts, is handed to Prefect's own retrying ``send`` unchanged. Servers that require
-    CSRF tokens keep Prefect's client as it is.
+    it tries again, which would cost a child that much for a few milliseconds of lock,
+    and makes slots that collide more often slower together than one alone. A 503 is
+    retried here after 10 ms, 20 ms, ... 0.5 s; anything else, and a 503 that lasts, is
+    handed to Prefect's own retries unchanged (CSRF tokens and all).
     """
     with get_client(sync_client=True) as client:
-        http = getattr(client, "_client", None)
-        if isinstance(http, httpx.Client) and not getattr(http, "enable_csrf_support", True):
-            setattr(http, "send", _quick_retry_send(http, http.send))  # noqa: B010
-        yield client
+        yield quick_retry(client)
 
 
-def _quick_retry_send(
-    http: httpx.Client, prefect_send: Callable[..., httpx.Response]
-) -> Callable[..., httpx.Response]:
-    plain_send = httpx.Client.send
+def quick_retry(client: SyncPrefectClient) -> SyncPrefectClient:
+    """Make ``client`` retry "busy" answers within milliseconds (see ``api_client``); also
+    for a client made elsewhere, such as the one Prefect's engine runs flows with (its
+    ``SyncClientContext``). Idempotent."""
+    http = getattr(client, "_client", None)
+    prefect_retry = getattr(http, "_send_with_retry", None)
+    if isinstance(http, httpx.Client) and prefect_retry and not hasattr(http, "_fifoflow_quick"):
+        setattr(http, "_send_with_retry", _quick_first(prefect_retry))  # noqa: B010
+        setattr(http, "_fifoflow_quick", True)  # noqa: B010
+    return client
 
-    def send(request: httpx.Request, *args: Any, **kwargs: Any) -> httpx.Response:
-        delay = 0.01
-        for _ in range(8):
-            try:
-                response = plain_send(http, request, *args, **kwargs)
-            except httpx.HTTPError:
-                break
-            if response.status_code != 503:
-                return response
-            response.close()
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.5)
-        return prefect_send(request, *args, **kwargs)
 
-    return send
+def _quick_first(prefect_retry: Callable[..., httpx.Response]) -> Callable[..., httpx.Response]:
+    """Prefect's retry loop, with each of its sends retrying a 503 quickly first."""
+
+    def send_with_retry(
+        request: httpx.Request,
+        send: Callable[..., httpx.Response],
+        send_args: tuple[Any, ...],
+        send_kwargs: dict[str, Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        def quick(req: httpx.Request, *a: Any, **k: Any) -> httpx.Response:
+            delay = 0.01
+            for _ in range(8):
+                response = send(req, *a, **k)
+                if response.status_code != 503:
+                    return response
+                response.close()
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 0.5)
+            return send(req, *a, **k)
+
+        return prefect_retry(request, quick, send_args, send_kwargs, *args, **kwargs)
+
+    return send_with_retry
 
 
 #: Without PREFECT_API_URL, Prefect starts a local API server, which creates its database

@@ -16,13 +16,14 @@ subflow called from inside a task logs onto that task, PrefectHQ/prefect#19449).
 A child that ends Failed or Crashed is a failed attempt (retried with fifoflow's back-off);
 one cancelled (from fifoflow or Prefect) makes the job cancelled. The child's flow run id
 is stored on the job record whatever the outcome. ``deployment``: jobs as deployment runs.
+With ``processes=True`` each slot runs its attempts in a process of its own (``procchild``);
+``run_name``: child run names (``runname``); ``events``: lifecycle events (``hooks``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import threading
 import time
@@ -30,33 +31,33 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-import prefect
-from prefect import Flow, Task
+from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import State
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, SyncClientContext
 from prefect.logging import get_run_logger
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import temporary_settings
 from prefect.states import Cancelled, Cancelling, Crashed
-from prefect.utilities.callables import get_call_parameters
 
 from ..execution import Cancelled as JobCancelled
 from ..execution import JobInfo, run_as
+from ..procslot import Setup
 from ..records import Claimed, Outcome
 from ..worker import Worker
+from .attempts import Attempts, child_tags
 from .cancels import PrefectCancelWatch
-from .children import ChildRunFailed, create_child_run, make_child_flow, run_to_state
-from .client import api_client, patient_startup
+from .client import api_client, patient_startup, quick_retry
 from .deployment import START_TIMEOUT, DeploymentRuns
+from .hooks import emit_final, note_attempt
+from .hooks import process_setup as child_setup
+from .runname import RunName
 from .summary import Summary
 
 log = logging.getLogger("fifoflow.prefect")
 
 #: Flow name of the parent run every worker enters.
 DISPATCHER_FLOW = "fifoflow-dispatcher"
-#: Tags put on every child flow run (and the tasks inside it).
-CHILD_TAG = "fifoflow"
 
 
 class PrefectWorker(Worker):
@@ -67,7 +68,11 @@ class PrefectWorker(Worker):
     ephemeral API on the SQLite database in ``PREFECT_HOME``. With ``deployment``
     (``FLOW/DEPLOYMENT``) each job runs as a flow run of that deployment on its work pool
     (``work_queue``: one of the pool's queues) instead of in this process (``deployment``).
+    ``run_name``: a template over the job's params naming its child runs, such as
+    ``"lr={lr}-bs={batch_size}"``; ``events``: emit each job's lifecycle as Prefect events.
     """
+
+    supports_processes = True  #: ``processes=True``: each slot's children in its own process
 
     #: Prefect flow run heartbeats for children. Off: they only matter to detect crashed
     #: runs of deployments, and in Prefect 3.8/3.9 each run with heartbeats spends up to a
@@ -84,8 +89,13 @@ class PrefectWorker(Worker):
         deployment: str | None = None,
         work_queue: str | None = None,
         start_timeout: float = START_TIMEOUT,
+        run_name: str | None = None,
+        events: bool = True,
         **kwargs: Any,
     ) -> None:
+        #: The checked ``--run-name`` template (a bad one is refused before anything runs).
+        self.run_name_template = RunName(run_name) if run_name is not None else None
+        self.events = events
         self._deployment = (
             None
             if deployment is None
@@ -94,8 +104,7 @@ class PrefectWorker(Worker):
         super().__init__(*args, **kwargs)
         self.services.append(PrefectCancelWatch(self))
         self._parent_ctx: contextvars.Context | None = None
-        self._flows: dict[tuple[str, float | None], tuple[Flow[..., Any], Task[..., Any]]] = {}
-        self._flows_lock = threading.Lock()
+        self._attempts: Attempts | None = None
         self._summary = Summary(
             self.name, list(self.queues), self.summary_rows, self.summary_interval
         )
@@ -172,7 +181,14 @@ class PrefectWorker(Worker):
         )
         with settings:
             self._parent_ctx = contextvars.copy_context()
-        with api_client() as self._api:
+        # One client (and pool) for all: the one the engine runs children with (copied context).
+        engine = SyncClientContext.get()
+        own = api_client() if engine is None else contextlib.nullcontext(engine.client)
+        with own as client:
+            self._api = quick_retry(client)
+            self._attempts = Attempts(
+                self._api, self.flow_run_id, self.name, self.run_name_template, self.events
+            )
             try:
                 return Worker.run(self, burst)
             finally:
@@ -212,7 +228,7 @@ class PrefectWorker(Worker):
             return dict(self._active)
 
     def child_tags(self, job: JobInfo) -> list[str]:
-        return [CHILD_TAG, f"fifoflow-queue:{job.queue}"]
+        return child_tags(job)
 
     def mark_cancelled(self, job: JobInfo) -> None:
         """A job's run was cancelled in Prefect: the job is cancelled (never retried)."""
@@ -253,12 +269,14 @@ class PrefectWorker(Worker):
 
     # -- one job, one child flow run ----------------------------------------------------
 
+    def process_setup(self) -> Setup:
+        return child_setup(self)
+
     def attempt_done(self, job: Claimed, outcome: Outcome, duration: float) -> None:
-        """An attempt refused before any child run existed (params that do not fit, a
-        target that does not exist) still gets its row in the summary."""
-        if "flow_run_id" not in outcome.extra:
-            info = JobInfo(job.id, job.queue, job.target, job.attempts, job.timeout)
-            self._summary.note(info, json.loads(job.params), "NotStarted", duration, None)
+        note_attempt(self, job, outcome, duration)
+
+    def attempt_reported(self, job: Claimed, outcome: Outcome, result: str) -> None:
+        emit_final(self, job, outcome, result)
 
     def call(
         self, job: JobInfo, fn: Callable[..., Any], kwargs: dict[str, Any], extra: dict[str, str]
@@ -273,26 +291,20 @@ class PrefectWorker(Worker):
     def _run_child(
         self, job: JobInfo, fn: Callable[..., Any], params: dict[str, Any], extra: dict[str, str]
     ) -> Any:
-        client = self._api
-        if client is None or self.flow_run_id is None:  # pragma: no cover - set by run()
+        client, attempts = self._api, self._attempts
+        if client is None or attempts is None:  # pragma: no cover - set by run()
             raise RuntimeError("the dispatcher has no API client")
         if self._deployment is not None:
             return self._deployment.run(client, job, params, extra)
-        child, tracking = self._child_flow(job, fn)
         started = time.monotonic()
-        tags = self.child_tags(job)
-        parameters = get_call_parameters(child.fn, (), params)
-        flow_run = create_child_run(
-            client, self.flow_run_id, job, child, tracking, parameters, tags
-        )
-        run_id = str(flow_run.id)
+        child = attempts.create(job, fn, params)
+        run_id = child.run_id
         extra["flow_run_id"] = run_id
         with self._active_lock:
             self._active[run_id] = job
         self._summary.note(job, params, "Running", 0.0, run_id, final=False)
         try:
-            with prefect.tags(*tags):
-                state = run_to_state(child, flow_run, parameters)
+            state = attempts.run(job, child)
         except Exception:
             self._summary.note(job, params, "Crashed", time.monotonic() - started, run_id)
             raise
@@ -310,27 +322,16 @@ class PrefectWorker(Worker):
                 self.mark_cancelled(job)
             if not state.is_cancelled():
                 done: State[Any] = Cancelled(message=f"job {job.id} was cancelled")
-                self.quietly(lambda: client.set_flow_run_state(flow_run.id, done, force=True))
+                self.quietly(lambda: client.set_flow_run_state(child.run.id, done, force=True))
             raise JobCancelled(f"child flow run {run_id} was cancelled")
-        state.result()  # re-raises the child's own exception
-        raise ChildRunFailed(f"child flow run {run_id} ended {state.name}: {state.message}")
-
-    def _child_flow(
-        self, job: JobInfo, fn: Callable[..., Any]
-    ) -> tuple[Flow[..., Any], Task[..., Any]]:
-        timeout = job.timeout
-        key = (job.target, timeout)
-        with self._flows_lock:
-            pair = self._flows.get(key)
-            if pair is None:
-                child = make_child_flow(job.target, fn, timeout)
-                # What Prefect's own subflow call puts in the parent run for a child.
-                tracking = Task(name=child.name, fn=child.fn, version=child.version)
-                pair = self._flows[key] = (child, tracking)
-        return pair
+        return attempts.outcome(state, run_id)
 
     def _log_to_dispatcher(self, job: JobInfo, state: str, duration: float, run_id: str) -> None:
-        # Back in the dispatcher's context: this line lands on the dispatcher's own run.
+        # In the dispatcher's context: this line lands on the dispatcher's own run.
+        parent = self._parent_ctx
+        if FlowRunContext.get() is None and parent is not None:  # a process slot's thread
+            parent.copy().run(self._log_to_dispatcher, job, state, duration, run_id)
+            return
         with contextlib.suppress(Exception):
             get_run_logger().info(
                 "job %s %s attempt %d: %s in %.2fs (flow run %s)",

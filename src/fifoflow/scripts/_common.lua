@@ -257,6 +257,8 @@ local function claimed_fields(P, out, id, f)
   out[#out + 1] = f.gather or ''
   out[#out + 1] = gathered(P, id, f)
   out[#out + 1] = f.alloc or ''
+  out[#out + 1] = f.tags or ''
+  out[#out + 1] = f.queued_at or fmt_time(created_of(id))
 end
 
 -- The best head (highest priority, then oldest) across the pools' ready sets, removed.
@@ -279,8 +281,11 @@ local function pop_best(P, pools)
   return best_id
 end
 
--- Claim up to req.n jobs. Returns a flat array, 8 fields a job: id, target, params,
--- timeout, attempts, gather mode, gathered results, its share of resources ('' if none). The fencing token is the request's nonce, chosen at random by the
+-- Claim up to req.n jobs. Returns a flat array, 10 fields a job (claimed_fields): id,
+-- target, params, timeout, attempts, gather mode, gathered results, its share of
+-- resources ('' if none), tags (JSON array text or ''), and when it last entered the line
+-- (Unix seconds text; a job never re-queued entered it when pushed: its rank, created_of).
+-- The fencing token is the request's nonce, chosen at random by the
 -- worker: unique even if the server loses its last writes. The nonce also makes the claim
 -- idempotent: a claim re-sent after a lost reply (the worker says so) returns the jobs the
 -- first one took (those still running with this token), never new ones; only then are
@@ -290,7 +295,7 @@ local function claim(P, req, now)
   if req.resend then
     for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
       local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts,
-        F.gather, F.parents, F.alloc)
+        F.gather, F.parents, F.alloc, F.tags, F.queued_at)
       if f.token == req.nonce then claimed_fields(P, out, id, f) end
     end
     if #out > 0 then return out end
@@ -307,7 +312,7 @@ local function claim(P, req, now)
     end
     local jk = job_key(P, id)
     local f = read(jk, F.target, F.params, F.timeout, F.attempts, F.pool, F.queued_at,
-      F.gather, F.parents)
+      F.gather, F.parents, F.tags)
     f.attempts = tostring((tonumber(f.attempts) or 0) + 1)
     local queued = tonumber(f.queued_at) or created_of(id)
     observe(P, 'wait', f.pool or '', V.wait_buckets, math.max(now - queued, 0))
@@ -405,15 +410,16 @@ end
 -- ARGV places it takes: target, priority, pool, retries, timeout, delay, max_lost,
 -- parents ("QUEUE/ID,..." or ''), gather ('' | 'results' | 'input'), on_parent_failure,
 -- result_ttl ('' = the queue's), alias ('' = none; one-job pushes only), resources (JSON
--- object, '' = one slot's worth), expected seconds ('' = not declared).
-local SPEC_LEN = 14
+-- object, '' = one slot's worth), expected seconds ('' = not declared), tags (a JSON
+-- array of strings, '' = none).
+local SPEC_LEN = 15
 local function push_spec(argv, i)
   local spec = {
     target = argv[i], priority = argv[i + 1], pool = argv[i + 2], retries = argv[i + 3],
     timeout = argv[i + 4], delay = tonumber(argv[i + 5]) or 0, max_lost = argv[i + 6],
     parents = argv[i + 7], gather = argv[i + 8], on_parent_failure = argv[i + 9],
     result_ttl = argv[i + 10], alias = argv[i + 11], resources = argv[i + 12],
-    expected = argv[i + 13], refs = {},
+    expected = argv[i + 13], tags = argv[i + 14] or '', refs = {},
   }
   for ref in string.gmatch(spec.parents, '[^,]+') do spec.refs[#spec.refs + 1] = ref end
   return spec
@@ -481,6 +487,7 @@ local function write_job(P, id, spec, params, key)
   if spec.timeout ~= '' then redis.call('HSET', jk, F.timeout, spec.timeout) end
   if spec.max_lost ~= '' then redis.call('HSET', jk, F.max_lost, spec.max_lost) end
   if spec.result_ttl ~= '' then redis.call('HSET', jk, F.result_ttl, spec.result_ttl) end
+  if spec.tags ~= '' then redis.call('HSET', jk, F.tags, spec.tags) end
   if key ~= '' then redis.call('HSET', jk, F.key, key) end
   if spec.resources ~= '' then redis.call('HSET', jk, F.resources, spec.resources) end
   if spec.expected ~= '' then redis.call('HSET', jk, F.expected, spec.expected) end

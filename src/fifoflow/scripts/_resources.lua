@@ -136,11 +136,11 @@ local function res_take(P, me, id, pool, need, req, now, started, deadline)
   res_add(me.free, need, -1)
   local jk = job_key(P, id)
   local f = read(jk, F.target, F.params, F.timeout, F.attempts, F.pool, F.queued_at,
-    F.created_at, F.gather, F.parents, F.expected)
+    F.gather, F.parents, F.expected, F.tags)
   me.jobs[#me.jobs + 1] = {need = need, ends = res_ends(now, f.expected, f.timeout, now)}
   f.attempts = tostring((tonumber(f.attempts) or 0) + 1)
   f.alloc = cjson.encode(a)
-  local queued = tonumber(f.queued_at or f.created_at) or now
+  local queued = tonumber(f.queued_at) or created_of(id)
   observe(P, 'wait', pool, V.wait_buckets, math.max(now - queued, 0))
   redis.call('ZREM', P .. K.ready .. pool, id)
   redis.call('HSET', jk, F.status, S.running, F.started_at, started, F.worker, req.worker,
@@ -174,7 +174,7 @@ local function res_claim(P, req, now)
   if req.resend then
     for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
       local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts,
-        F.gather, F.parents, F.alloc)
+        F.gather, F.parents, F.alloc, F.tags, F.queued_at)
       if f.token == req.nonce then claimed_fields(P, out, id, f) end
     end
     if #out > 0 then return out end

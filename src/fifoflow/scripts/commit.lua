@@ -2,8 +2,8 @@
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- ARGV[1]  push id (see stage.lua)      ARGV[2] '1' if this is a re-send
 -- ARGV[3]  ttl seconds of finished records (for jobs dead at once: a parent failed)
--- ARGV[4..17] the push spec (see push_spec; the same as each stage.lua call)
--- ARGV[18] '1' if any job of the push has a de-duplication key
+-- ARGV[4..18] the push spec (see push_spec; the same as each stage.lua call)
+-- ARGV[19] '1' if any job of the push has a de-duplication key
 -- Returns  {'OK', first id, count, new, status, ...}: runs in push order (as push.lua)
 --       or {'FULL', pending, max_length, adding}   (nothing added; the staged jobs are gone)
 --       or {'NOPARENT', QUEUE/ID} (nothing added; the staged jobs are gone)

@@ -12,7 +12,7 @@
 -- ARGV[10] the worker's slot that ran it ('' if none): for the timeline
 -- ARGV[11..] the claim request for the slot's next job (N = 0: none), as in claim.lua
 --          (res = '1': a worker with declared capacity, res_claim in _resources.lua)
--- Returns  {outcome, next_event_seconds, retry, claimed jobs (8 fields each)...}
+-- Returns  {outcome, next_event_seconds, retry, claimed jobs (10 fields each)...}
 --          outcome: 'succeeded' | 'retry' | 'dead' | 'cancelled' | 'stale'
 --          retry: 'FAILURES/RETRIES/DELAY_SECONDS' for a retry, else ''
 -- Each attempt recorded counts for its worker in K.done_by (what `fifoflow workers` shows).
@@ -92,7 +92,7 @@ if req.n > 0 then
 end
 -- The time to the next event matters only to a slot that is about to go idle.
 local soonest = -1
-if req.n == 0 or #out < req.n * 8 then soonest = next_event(P, now) end
+if req.n == 0 or #out < req.n * 10 then soonest = next_event(P, now) end
 if wake_after then wake(P, wake_after) end
 table.insert(out, 1, retry_info)
 table.insert(out, 1, tostring(soonest))

@@ -4,10 +4,10 @@
 -- ARGV[1]  nonce: a re-sent push (its reply was lost) returns the first reply, adds nothing
 -- ARGV[2]  '1' if this is a re-send      ARGV[3] id suffix (4 hex digits of the queue name)
 -- ARGV[4]  ttl seconds of finished records (for jobs dead at once: a parent failed)
--- ARGV[5..18] the push spec (see push_spec in _common.lua: target, priority, pool,
+-- ARGV[5..19] the push spec (see push_spec in _common.lua: target, priority, pool,
 --          retries, timeout, delay, max_lost, parents, gather, on_parent_failure,
---          result_ttl, alias, resources, expected)
--- ARGV[19..] pairs: params (JSON), de-duplication key ('' = none)
+--          result_ttl, alias, resources, expected, tags)
+-- ARGV[20..] pairs: params (JSON), de-duplication key ('' = none)
 -- Returns  {'OK', first id, count, new, status, ...}: runs of consecutive ids in push order
 --          (new = '1' added, '0' de-duplicated; see add_run in _common.lua)
 --       or {'FULL', pending, max_length, adding}   (nothing added)

@@ -5,8 +5,8 @@
 -- KEYS[1]  queue prefix "ff:{QUEUE}:"
 -- ARGV[1]  push id (random; names the stage list)   ARGV[2] batch number
 -- ARGV[3]  '1' if this is a re-send                  ARGV[4] id suffix
--- ARGV[5..18] the push spec (see push_spec in _common.lua)
--- ARGV[19..] pairs: params (JSON), de-duplication key ('' = none)
+-- ARGV[5..19] the push spec (see push_spec in _common.lua)
+-- ARGV[20..] pairs: params (JSON), de-duplication key ('' = none)
 -- Returns  the number of batches staged so far (a re-sent batch is not staged twice)
 local P = KEYS[1]
 local push_id, batch, resend, suffix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
