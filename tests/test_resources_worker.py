@@ -264,3 +264,18 @@ def test_a_claim_carries_share_tags_and_queued_time(vqueue: Queue, by_resources:
             assert "gpu_ids" not in json.loads(two.alloc)
         else:
             assert one.alloc == two.alloc == ""
+
+
+def test_a_burst_worker_leaves_when_what_is_queued_can_never_fit_it(
+    vqueue: Queue, procs: Processes, tmp_path: Path
+) -> None:
+    out = tmp_path / "devices.jsonl"
+    big = vqueue.push("fftest_gpu:record", {"out": str(out)}, resources={"gpu": 4})
+    small = vqueue.push("fftest_gpu:record", {"out": str(out)}, resources={"gpu": 1})
+    w = procs.worker("fftest_gpu", "--processes", "--gpus", "0,1", "--cpus", "1", "--burst")
+    # The 1-GPU job behind the head fits and runs; the 4-GPU head never can: the burst ends.
+    assert w.wait(90) == 0
+    assert small.status == "succeeded"
+    assert big.status == "queued"
+    assert w.stderr is not None
+    assert "1 queued job(s) need more than this worker has" in w.stderr.read()

@@ -184,8 +184,24 @@ class Dispatcher:
         w = self.w
         if not w.slots.all_idle():
             return False
+        stuck = 0  # ready jobs that a claim with all of this worker's capacity free left
         for q in w.queues:
             waiting = w.retry.once(lambda q=q: w.broker.waiting(q, w.pools))  # type: ignore[misc]
-            if waiting is None or waiting > 0:
+            if waiting is None:
                 return False
+            if waiting > 0 and w.capacity is not None:
+                # Nothing runs or awaits a retry anywhere, and a claim with everything free
+                # took nothing: what is queued can never start here, so burst is done.
+                ready = w.retry.once(lambda q=q: w.broker.queued_by_pool(q, w.pools))  # type: ignore[misc]
+                if ready is None or sum(ready.values()) != waiting:
+                    return False
+                stuck += waiting
+            elif waiting > 0:
+                return False
+        if stuck:
+            log.warning(
+                "worker %s: %d queued job(s) need more than this worker has; leaving (burst)",
+                w.name,
+                stuck,
+            )
         return True
