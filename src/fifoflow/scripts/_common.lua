@@ -281,6 +281,17 @@ local function pop_best(P, pools)
   return best_id
 end
 
+-- The jobs a re-sent claim's first sending took (running with its token), as claim() returns them.
+local function claimed_before(P, req)
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
+    local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts,
+      F.gather, F.parents, F.alloc, F.tags, F.queued_at)
+    if f.token == req.nonce then claimed_fields(P, out, id, f) end
+  end
+  return out
+end
+
 -- Claim up to req.n jobs. Returns a flat array, 10 fields a job (claimed_fields): id,
 -- target, params, timeout, attempts, gather mode, gathered results, its share of
 -- resources ('' if none), tags (JSON array text or ''), and when it last entered the line
@@ -291,15 +302,11 @@ end
 -- first one took (those still running with this token), never new ones; only then are
 -- the running jobs searched, so the common path pays nothing for it.
 local function claim(P, req, now)
-  local out = {}
   if req.resend then
-    for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
-      local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts,
-        F.gather, F.parents, F.alloc, F.tags, F.queued_at)
-      if f.token == req.nonce then claimed_fields(P, out, id, f) end
-    end
+    local out = claimed_before(P, req)
     if #out > 0 then return out end
   end
+  local out = {}
   local ids = {}
   local deadline, started = now + req.lease, fmt_time(now)
   for _ = 1, req.n do

@@ -170,15 +170,11 @@ end
 -- Claim up to req.n jobs for a worker with declared capacity (see the top of this file).
 -- Returns the same flat array as claim().
 local function res_claim(P, req, now)
-  local out = {}
   if req.resend then
-    for _, id in ipairs(redis.call('ZRANGE', P .. K.running, 0, -1)) do
-      local f = read(job_key(P, id), F.token, F.target, F.params, F.timeout, F.attempts,
-        F.gather, F.parents, F.alloc, F.tags, F.queued_at)
-      if f.token == req.nonce then claimed_fields(P, out, id, f) end
-    end
+    local out = claimed_before(P, req)
     if #out > 0 then return out end
   end
+  local out = {}
   local workers = res_workers(P, now)
   local me = nil
   for _, w in ipairs(workers) do
