@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..bridge import MAX_BATCH, Bridge
-from .common import JsonOpt, QueueOpt, emit_json, err, open_queue, out
+from .common import JsonOpt, QueueOpt, RetriesOpt, TimeoutOpt, emit_json, err, open_queue, out
 
 
 def bridge(
@@ -24,13 +24,8 @@ def bridge(
     queue: QueueOpt = None,
     pool: Annotated[str, typer.Option(help="Pool of workers that may run them.")] = "default",
     priority: Annotated[int, typer.Option(help="Higher starts first.")] = 0,
-    retries: Annotated[
-        int | None, typer.Option(help="Retries after the first attempt [FIFOFLOW_RETRIES: 3].")
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(help="Seconds an attempt may take [FIFOFLOW_TIMEOUT_SECONDS: none]."),
-    ] = None,
+    retries: RetriesOpt = None,
+    timeout: TimeoutOpt = None,
     batch: Annotated[
         int, typer.Option(min=1, max=MAX_BATCH, help="Items moved per step (one script call).")
     ] = 500,

@@ -28,6 +28,13 @@ err = Console(stderr=True, highlight=False)
 
 QueueOpt = Annotated[str | None, typer.Option("--queue", "-q", help="Queue name [FIFOFLOW_QUEUE].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+RetriesOpt = Annotated[
+    int | None, typer.Option(help="Retries after the first attempt [FIFOFLOW_RETRIES: 3].")
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(help="Seconds an attempt may take [FIFOFLOW_TIMEOUT_SECONDS: none]."),
+]
 
 
 def group(help: str) -> typer.Typer:

@@ -15,7 +15,7 @@ from ..resources import amount, parse_mem, parse_pairs
 from ..settings import get_settings
 from ..validation import encode_params, validate_target
 from ..workflows import load_dag, push_dag
-from .common import JsonOpt, QueueOpt, emit_json, open_queue, out, progress
+from .common import JsonOpt, QueueOpt, RetriesOpt, TimeoutOpt, emit_json, open_queue, out, progress
 
 
 def _parse_object(text: str, where: str) -> dict[str, Any]:
@@ -77,13 +77,8 @@ def push(
     pool: Annotated[str, typer.Option(help="Pool of workers that may run it.")] = "default",
     key: Annotated[str | None, typer.Option(help="De-duplication key.")] = None,
     delay: Annotated[float | None, typer.Option(help="Seconds before it may start.")] = None,
-    retries: Annotated[
-        int | None, typer.Option(help="Retries after the first attempt [FIFOFLOW_RETRIES: 3].")
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(help="Seconds an attempt may take [FIFOFLOW_TIMEOUT_SECONDS: none]."),
-    ] = None,
+    retries: RetriesOpt = None,
+    timeout: TimeoutOpt = None,
     max_lost: Annotated[
         int | None, typer.Option(help="Lost workers tolerated before it is dead [2].")
     ] = None,
