@@ -67,7 +67,10 @@ def test_every_command_prints_one_json_document(
     }
     added = doc(run_cli("schedule", "add", "s", f"{T}:add", "--every", "1h", "--json"))
     assert (added["name"], added["every"]) == ("s", 3600)
-    assert [s["name"] for s in doc(run_cli("schedule", "list", "--json"))["schedules"]] == ["s"]
+    assert [
+        s["name"]
+        for s in doc(run_cli("schedule", "list", "-q", vqueue.name, "--json"))["schedules"]
+    ] == ["s"]
     assert doc(run_cli("schedule", "pause", "s", "--json"))["paused"] is True
     assert doc(run_cli("schedule", "resume", "s", "--json"))["paused"] is False
     assert doc(run_cli("schedule", "remove", "s", "--json")) == {"queue": q, "removed": "s"}
