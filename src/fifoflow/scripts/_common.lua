@@ -404,6 +404,19 @@ local function pending(P)
   return n
 end
 
+-- The queue's back-pressure: nil when `adding` more jobs fit under its max_length, else the
+-- reply that refuses them: {'FULL', pending, max_length, adding}.
+local function too_full(P, adding)
+  local max_length = tonumber(redis.call('HGET', P .. K.meta, 'max_length') or '')
+  if max_length and adding > 0 then
+    local waiting = pending(P)
+    if waiting + adding > max_length then
+      return {'FULL', tostring(waiting), tostring(max_length), tostring(adding)}
+    end
+  end
+  return nil
+end
+
 -- The active job holding a de-duplication key (queued, waiting, delayed or running), or nil.
 local function holder(P, key)
   local id = redis.call('HGET', P .. K.keys, key)

@@ -31,13 +31,8 @@ local fresh = 0
 for i = FIRST, #ARGV, 2 do
   if ARGV[i] == 'ok' then fresh = fresh + 1 end
 end
-local max_length = tonumber(redis.call('HGET', P .. K.meta, 'max_length') or '')
-if max_length and fresh > 0 then
-  local waiting = pending(P)
-  if waiting + fresh > max_length then
-    return {'FULL', tostring(waiting), tostring(max_length), tostring(fresh)}
-  end
-end
+local full = too_full(P, fresh)
+if full then return full end
 
 local now = now_s()
 local ids = new_ids(P, suffix, fresh, now)

@@ -50,13 +50,10 @@ if not state then
   return {'NOPARENT', unknown}
 end
 
-local max_length = tonumber(redis.call('HGET', P .. K.meta, 'max_length') or '')
-if max_length and #visible > 0 then
-  local waiting = pending(P)
-  if waiting + #visible > max_length then
-    drop(staged)
-    return {'FULL', tostring(waiting), tostring(max_length), tostring(#visible)}
-  end
+local full = too_full(P, #visible)
+if full then
+  drop(staged)
+  return full
 end
 
 local losers = {}

@@ -66,13 +66,8 @@ for i = FIRST, #ARGV, 2 do
   entries[#entries + 1] = e
 end
 
-local max_length = tonumber(redis.call('HGET', P .. K.meta, 'max_length') or '')
-if max_length and fresh > 0 then
-  local waiting = pending(P)
-  if waiting + fresh > max_length then
-    return {'FULL', tostring(waiting), tostring(max_length), tostring(fresh)}
-  end
-end
+local full = too_full(P, fresh)
+if full then return full end
 
 local ids = new_ids(P, suffix, fresh, now)
 local keys_by_id = {}
