@@ -64,6 +64,6 @@ def test_trimmed_records_count_their_run_down_and_an_empty_run_leaves(
     queue.broker.maintain(queue.name)
     entries = index(queue)
     assert entries == [parent.id, f"{dead[3].id} 3 2", dead[6].id], entries
-    assert listing(queue, True, 2) == [j.id for j in dead[4:]][::-1] + [parent.id]
+    assert listing(queue, True, 2) == [*(j.id for j in reversed(dead[4:])), parent.id]
     assert queue.purge_dead() == 3
     assert index(queue) == [parent.id]  # the purged jobs' runs are gone

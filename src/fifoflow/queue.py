@@ -17,8 +17,7 @@ from .records import PushSpec
 from .resources import validate_need
 from .settings import Settings, get_settings
 from .validation import (
-    EncodedParams,
-    encode_params,
+    encode_many,
     integer,
     seconds,
     validate_alias,
@@ -215,11 +214,10 @@ class Queue:
         expected_seconds: float | None = None,
         tags: Sequence[str] | None = None,
     ) -> list[Job]:
-        """Queue one job per parameter set, all or none: everything is checked before it is
-        sent, and a push of many batches is staged (invisible; each batch encoded while the
-        server stages the one before) and becomes visible in one step, so a ``QueueFull``
-        (or any error, a bad parameter set among them) means none of its jobs was added.
-        Options as ``push``; every job of the push shares them (its parents too)."""
+        """Queue one job per parameter set, all or none: a push of many batches is staged,
+        invisible (each batch checked while the server stages the one before), and made
+        visible in one step, so a ``QueueFull`` or any error means none of its jobs was
+        added. Options as ``push``; every job of the push shares them (its parents too)."""
         if on_parent_failure not in ("dead", "run"):
             raise UsageError(
                 f"on_parent_failure must be 'dead' or 'run', not {on_parent_failure!r}"
@@ -252,18 +250,12 @@ class Queue:
         )
         if mode and not spec.parents:
             raise UsageError("gather needs depends_on: the jobs whose results it gathers")
-        sets = list(params_list)
-        encoded: Sequence[str]
-        if len(sets) > BATCH:  # encoded batch by batch, as they are staged
-            encoded = EncodedParams(sets, self.settings.max_params_bytes)
-        else:
-            encoded = [encode_params(p, self.settings.max_params_bytes) for p in sets]
+        encoded = encode_many(list(params_list), self.settings.max_params_bytes, BATCH)
         if spec.alias is not None and len(encoded) != 1:
             raise UsageError("job_id names one job: push one parameter set with it")
-        job_keys = list(keys_) if keys_ is not None else [key] * len(encoded)
+        job_keys = [validate_key(k) for k in (keys_ if keys_ is not None else [key] * len(encoded))]
         if len(job_keys) != len(encoded):
             raise UsageError("keys_ must have one entry per parameter set")
-        job_keys = [validate_key(k) for k in job_keys]
         if not encoded:
             return []
         pushed = self.broker.push(self.name, spec, encoded, job_keys, on_batch)

@@ -106,6 +106,14 @@ def encode_params(params: object, max_bytes: int) -> str:
     return text
 
 
+def encode_many(params: Sequence[object], max_bytes: int, lazy_over: int) -> Sequence[str]:
+    """The parameter sets encoded: at once, or, past ``lazy_over`` of them (a push of
+    many batches), as they are read (``EncodedParams``)."""
+    if len(params) > lazy_over:
+        return EncodedParams(params, max_bytes)
+    return [encode_params(p, max_bytes) for p in params]
+
+
 class EncodedParams(Sequence[str]):
     """Parameter sets encoded as they are read (``encode_params``): a push of many batches
     encodes each batch while the server stages the one before. A bad set raises when its
