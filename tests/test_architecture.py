@@ -78,10 +78,14 @@ def test_exactly_one_place_calls_a_script() -> None:
             pattern = r"scripts\.run\(|\"FCALL\"|\"EVALSHA\"|evalsha\(|\.eval\(|script_load\("
             if re.search(pattern, line):
                 calls.append(f"{path.relative_to(SRC)}:{n}")
-    # scripts.run sends FCALL (its one line), and the broker's _script is its one caller.
+    # scripts.command builds FCALL (its one line) for scripts.run and scripts.pipelined;
+    # the broker's _script is run's one caller (pipelined's is a push's staging, which
+    # goes on through _script after any trouble).
     assert len(calls) == 2, calls
     assert any(c.startswith("scripts.py:") for c in calls), calls
     assert any(c.startswith("broker.py:") for c in calls), calls
+    users = [p.name for p in SRC.rglob("*.py") if "scripts.pipelined(" in p.read_text()]
+    assert users == ["broker_push.py"], users
 
 
 def test_no_module_is_over_the_size_limit() -> None:

@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from fifoflow import Queue, QueueFull, keys
+from faultkit import DropProxy, PrivateRedis
+from fifoflow import Queue, QueueFull, broker_push, keys
 from fifoflow.broker_push import BATCH
 from fifoflow.keys import Field, Key
 from fifoflow.records import PushSpec, nonce
+from fifoflow.settings import Settings
 from qops import claim
 
 T = "fftest_targets:add"
@@ -76,7 +78,7 @@ def test_a_resent_commit_replies_as_the_first_and_adds_nothing(queue: Queue) -> 
     for batch in range(2):
         pairs = [p for i in range(3) for p in (f'{{"x":{batch * 3 + i}}}', "")]
         broker._script(
-            "stage", queue.name, [push_id, str(batch), "0", suffix, *spec.args(), *pairs]
+            "stage", queue.name, [push_id, str(batch), "0", suffix, *spec.args(), "1", *pairs]
         )
     commit = [push_id, "0", str(broker.policy.ttl), *spec.args(), "0"]
     _, first = broker._script("commit", queue.name, commit)
@@ -92,7 +94,7 @@ def test_an_abandoned_staged_push_stays_invisible_and_is_cleaned_up(queue: Queue
     broker, spec, suffix = queue.broker, PushSpec(target=T), keys.id_suffix(queue.name)
     push_id = nonce()
     pairs = ["{}", ""] * 4
-    broker._script("stage", queue.name, [push_id, "0", "0", suffix, *spec.args(), *pairs])
+    broker._script("stage", queue.name, [push_id, "0", "0", suffix, *spec.args(), "1", *pairs])
     assert len(job_keys(queue)) == 4  # written ...
     assert queue.stats()["queued"] == 0 and claim(queue, "w", 10, ["default"], 30)[1] == []
     staging = keys.queue_key(queue.name, Key.STAGING)
@@ -131,3 +133,44 @@ def test_a_default_priority_job_goes_back_to_its_place(queue: Queue) -> None:
     _, again = claim(queue, "w", 3, ["default"], 30)
     assert [j.id for j in again] == [high.id, low[0].id, low[1].id]
     assert [j.to_dict()["priority"] for j in (low[0], high)] == [0, 5]
+
+
+def test_a_bad_parameter_set_in_a_late_batch_adds_nothing_and_leaves_nothing_staged(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker_push, "BATCH", 3)  # batches are encoded as they are staged
+    queue.push(T, {"x": -1})
+    before_ids, before_keys = queue.job_ids(), job_keys(queue)
+    sets: list[dict[object, object]] = [{"x": i} for i in range(10)]
+    sets[8] = {"x": {1: 2}}  # a nested non-string key: refused, in the third batch
+    with pytest.raises(TypeError, match="keys must be strings"):
+        queue.push_many(T, sets)
+    assert queue.job_ids() == before_ids
+    assert job_keys(queue) == before_keys  # the two staged batches were dropped at once
+    assert queue.client.zcard(keys.queue_key(queue.name, Key.STAGING)) == 0
+    assert queue.stats()["queued"] == 1
+
+
+@pytest.mark.parametrize("mode", ["silent", "reset"])
+def test_a_lost_stage_reply_mid_push_lands_every_job_once_in_order(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage calls are pipelined; a reply lost on the way (the proxy drops the second
+    batch's) makes the rest go one at a time, re-sent: nothing twice, nothing reordered."""
+    monkeypatch.setattr(broker_push, "BATCH", 3)
+    srv = PrivateRedis()
+    proxy = DropProxy(srv.port)
+    try:
+        q = Queue("lost-stage", url=proxy.url, settings=Settings(socket_timeout=1.0))
+        q.push(T, {"x": -1})  # connections made, the function library loaded
+        proxy.arm(b":2\r\n", mode)  # the reply to the second batch: two batches staged
+        pushed = q.push_many(T, [{"x": i} for i in range(10)])
+        assert proxy.dropped.is_set()
+        assert [j.id for j in pushed] == sorted(j.id for j in pushed)
+        records = q.jobs()
+        assert [r["params"]["x"] for r in records] == list(range(-1, 10))
+        assert q.stats()["queued"] == 11
+        assert len(job_keys(q)) == 11
+    finally:
+        proxy.close()
+        srv.close()

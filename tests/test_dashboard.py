@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, EmbeddedServer, Processes, wait_for
 from dashkit import Dash, calls_of, dashboard, request, sse_events
-from fifoflow import Queue, Worker
+from fifoflow import Queue, Worker, keys
 from fifoflow.keys import Field, job
 from fifoflow.settings import Settings
 
@@ -155,12 +155,14 @@ def test_one_page_costs_page_size_plus_a_constant_on_100k_jobs(tmp_path: Path) -
             d.json("/api/jobs?queue=big")  # warm: connections made, scripts loaded
             costs: dict[str, tuple[int, int]] = {}
             first = d.json(f"/api/jobs?queue=big&limit={limit}")
-            deep = f"/api/jobs?queue=big&limit={limit}&cursor=all:99000"
+            nxt = first["next"]  # all:RANK: the page goes on below that push time
+            (old_id,) = client.zrange(keys.ready("big", "default"), 999, 999)
+            deep = f"/api/jobs?queue=big&limit={limit}&cursor=all:{int(old_id[:14], 16)}"
             # name: (path, jobs the page shows on "big", on "small")
             for name, (path, on_big, on_small) in {
                 "api jobs": (f"/api/jobs?queue={{q}}&limit={limit}", limit, 20),
                 "api jobs, next page": (
-                    f"/api/jobs?queue={{q}}&limit={limit}&cursor=all:{limit}", limit, 0),
+                    f"/api/jobs?queue={{q}}&limit={limit}&cursor={nxt}", limit, 0),
                 "api jobs, run order": (
                     f"/api/jobs?queue={{q}}&limit={limit}&status=queued", limit, 20),
                 "jobs page (HTML)": (f"/jobs?queue={{q}}&limit={limit}", limit, 20),

@@ -30,7 +30,7 @@ ONE_KEY = {
     "EXPIRE", "GET", "HDEL", "HEXISTS", "HGET", "HINCRBY", "HMGET", "HSET", "INCR", "LLEN",
     "LPUSH", "LRANGE", "LTRIM", "PERSIST", "RPUSH", "SADD", "SET", "SMEMBERS", "SREM", "XADD",
     "ZADD", "ZCARD", "ZPOPMIN", "ZRANGE", "ZRANGEBYSCORE", "ZREM", "ZREMRANGEBYSCORE",
-    "ZSCORE",
+    "ZREVRANGEBYSCORE", "ZSCORE",
 }  # fmt: skip
 #: Commands whose every argument is a key.
 ALL_KEYS = {"DEL", "UNLINK", "EXISTS"}

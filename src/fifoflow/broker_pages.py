@@ -25,6 +25,34 @@ class Pages:
     def pools(self, queue: str) -> list[str]:  # pragma: no cover - BrokerReads'
         raise NotImplementedError
 
+    def _all_window(
+        self, queue: str, after: int | None, n: int, descending: bool
+    ) -> list[tuple[str, float]]:
+        """The first ``n`` (id, rank) of the ``all`` index past the rank ``after`` (None:
+        from the start), newest first if ``descending``. The index keeps runs of
+        consecutive ids (see ``index_runs`` in _common.lua): at most ``n`` + 1 entries are
+        read, since each holds one id or more past the cursor. Ids whose records are gone
+        (the runs keep their span) come back too; ``records`` leaves them out."""
+        key = keys.queue_key(queue, Key.ALL)
+        pipe = self.client.pipeline(transaction=False)
+        if descending:
+            top = "+inf" if after is None else f"({after}"
+            pipe.zrevrangebyscore(key, top, "-inf", start=0, num=n + 1)
+        else:  # the run holding `after` + 1 starts at or before it
+            if after is not None:
+                pipe.zrevrangebyscore(key, after, "-inf", start=0, num=1)
+            pipe.zrangebyscore(key, "-inf" if after is None else f"({after}", "+inf", 0, n + 1)
+        members = [m for part in pipe.execute() for m in part]
+        out: list[tuple[str, float]] = []
+        for member in members:
+            pairs = _expand(member)
+            for rank, job_id in reversed(pairs) if descending else pairs:
+                if after is None or (rank < after if descending else rank > after):
+                    out.append((job_id, float(rank)))
+            if len(out) >= n:
+                break
+        return out[:n]
+
     @staticmethod
     def _sets_of(status: str | None) -> list[Key]:
         if status is None:
@@ -86,21 +114,26 @@ class Pages:
 
         out: list[dict[str, Any]] = []
         more = False
+        parts: dict[str, list[tuple[str, float]]]
         for _ in range(rounds):
-            pipe = self.client.pipeline(transaction=False)
-            for name, zkey in sets.items():
-                read = pipe.zrevrange if descending else pipe.zrange
-                read(zkey, offsets[name], offsets[name] + limit, withscores=True)
-            parts = dict(zip(sets, pipe.execute(), strict=True))
+            if Key.ALL in sets:  # the one set; its cursor is a rank, not an offset
+                after = offsets[Key.ALL] or None
+                parts = {Key.ALL: self._all_window(queue, after, limit + 1, descending)}
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for name, zkey in sets.items():
+                    read = pipe.zrevrange if descending else pipe.zrange
+                    read(zkey, offsets[name], offsets[name] + limit, withscores=True)
+                parts = dict(zip(sets, pipe.execute(), strict=True))
             merged = sorted(
                 ((score, job_id, name) for name, part in parts.items() for job_id, score in part),
                 reverse=descending,
             )  # its first `limit` + 1 are the listing's next ones: no set has more before them
             records = {r["id"]: r for r in self.records(queue, [m[1] for m in merged[:limit]])}
             used = 0
-            for _, job_id, name in merged[:limit]:
+            for score, job_id, name in merged[:limit]:
                 used += 1
-                offsets[name] += 1
+                offsets[name] = int(score) if name == Key.ALL else offsets[name] + 1
                 record = records.get(job_id)
                 if record is not None and wanted(record):
                     out.append(record)
@@ -110,6 +143,14 @@ class Pages:
             if len(out) == limit or not more:
                 break
         return out, (_format_cursor(offsets) if more else None)
+
+
+def _expand(member: str) -> list[tuple[int, str]]:
+    """An ``all`` entry as (rank, id) pairs: a run "FIRST COUNT LEFT" or a bare id."""
+    first, _, rest = member.partition(" ")
+    count = int(rest.split(" ", 1)[0]) if rest else 1
+    rank, suffix = int(first[:14], 16), first[14:]
+    return [(r, f"{r:014x}{suffix}") for r in range(rank, rank + count)]
 
 
 def _parse_cursor(cursor: str | None, names: Sequence[str]) -> dict[str, int]:

@@ -4,14 +4,16 @@ bridge from a raw Redis list (``bridge.lua``)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, overload
 
 import redis
 
-from . import keys
+from . import keys, scripts
 from .errors import (
     JobNotFound,
     QueueFull,
@@ -26,6 +28,79 @@ from .topology import Topology, ride
 
 #: Jobs per script call of a push; a push of more is staged and committed at once.
 BATCH = 5000
+#: A staged push that maintain.lua dropped before its commit.
+STAGE_EXPIRED = "the push was staged for over an hour and expired; push again"
+
+log = logging.getLogger(__name__)
+
+
+class _Batch(list[Any]):
+    """A ``stage.lua`` call's arguments, and how many jobs they carry."""
+
+    jobs: int
+
+
+class _Batches(Sequence[_Batch]):
+    """The ``stage.lua`` calls of one push, each built (its params encoded, if they are
+    ``EncodedParams``) when it is first read, so while the server stages one batch the
+    client builds the next."""
+
+    def __init__(
+        self,
+        push_id: str,
+        suffix: str,
+        spec: PushSpec,
+        params: Sequence[str],
+        job_keys: Sequence[str | None] | None,
+    ) -> None:
+        self.head = [push_id, "", "0", suffix, *spec.args(), "0" if job_keys is None else "1"]
+        self.params, self.job_keys = params, job_keys
+        self.n = -(-len(params) // BATCH)
+        self.built: dict[int, _Batch] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> _Batch: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[_Batch]: ...
+    def __getitem__(self, i: int | slice) -> _Batch | Sequence[_Batch]:
+        if isinstance(i, slice):  # a view: its batches are built as it is read
+            return _Tail(self, range(self.n)[i])
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        if i not in self.built:
+            self.built.pop(i - 2, None)  # sent and answered: no longer needed
+            chunk = self.params[i * BATCH : (i + 1) * BATCH]
+            items: list[str] = list(chunk)
+            if self.job_keys is not None:
+                keys_ = self.job_keys[i * BATCH : (i + 1) * BATCH]
+                items = [x for p, k in zip(chunk, keys_, strict=True) for x in (p, k or "")]
+            batch = _Batch([*self.head, *items])
+            batch[1] = str(i)
+            batch.jobs = len(chunk)
+            self.built[i] = batch
+        return self.built[i]
+
+
+class _Tail(Sequence[_Batch]):
+    """Some of a push's batches (a slice of ``_Batches``), each built when read."""
+
+    def __init__(self, batches: _Batches, which: range) -> None:
+        self.batches, self.which = batches, which
+
+    def __len__(self) -> int:
+        return len(self.which)
+
+    @overload
+    def __getitem__(self, i: int) -> _Batch: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[_Batch]: ...
+    def __getitem__(self, i: int | slice) -> _Batch | Sequence[_Batch]:
+        if isinstance(i, slice):
+            return _Tail(self.batches, self.which[i])
+        return self.batches[self.which[i]]
 
 
 class Producing:
@@ -48,8 +123,10 @@ class Producing:
         """Add jobs (params: JSON texts), all or none. Up to ``BATCH`` jobs are one script
         call; more are staged batch by batch, invisible, and committed in one call."""
         pairs: list[str] = []
-        for p, k in zip(params, job_keys, strict=True):
-            pairs += [p, k or ""]
+        keyed = "1" if any(job_keys) else "0"
+        if keyed == "1" or len(params) <= BATCH:
+            for p, k in zip(params, job_keys, strict=True):
+                pairs += [p, k or ""]
         self._register_queue(queue)
         suffix = keys.id_suffix(queue)
         if len(params) <= BATCH:
@@ -59,18 +136,67 @@ class Producing:
                 on_batch(len(params))
             return self._pushed(queue, reply)
         push_id = nonce()
-        for batch, start in enumerate(range(0, len(pairs), 2 * BATCH)):
-            chunk = pairs[start : start + 2 * BATCH]
-            args = [push_id, str(batch), "0", suffix, *spec.args(), *chunk]
-            self._script("stage", queue, args, resend_at=2)
-            if on_batch is not None:
-                on_batch(len(chunk) // 2)
-        keyed = "1" if any(job_keys) else "0"
-        args = [push_id, "0", self.policy.ttl, *spec.args(), keyed]
+        batches = _Batches(push_id, suffix, spec, params, job_keys if keyed == "1" else None)
+        try:
+            self._stage(queue, batches, on_batch)
+        except Exception:  # a bad parameter set among them, a server error: drop the push
+            with contextlib.suppress(Exception):
+                self._script(
+                    "commit", queue, [push_id, "0", self.policy.ttl, *spec.args(), keyed, "1"]
+                )
+            raise
+        args = [push_id, "0", self.policy.ttl, *spec.args(), keyed, "0"]
         _, reply = self._script("commit", queue, args, resend_at=1)
         if reply[0] == "GONE":
-            raise UsageError("the push was staged for over an hour and expired; push again")
+            raise UsageError(STAGE_EXPIRED)
         return self._pushed(queue, reply)
+
+    def _stage(self, queue: str, batches: Sequence[_Batch], on_batch: Any) -> None:
+        """Stage the batches of one push, in order. The first goes alone (it loads the
+        function library if need be); the rest are pipelined on one connection, the next
+        packed and sent while the server runs the one before, which overlaps the client's
+        work with the server's. ``stage.lua`` stages a batch only after the one before it,
+        so an error on the way (a lost connection, a failover) never reorders them: from
+        the first batch not confirmed, the rest go one at a time, re-sent (idempotent)."""
+        done = 0
+        while done < len(batches):
+            if done > 0:
+                confirmed = self._stage_pipelined(queue, batches[done:], on_batch)
+                if confirmed:
+                    done += confirmed
+                    continue
+            _, reply = self._script("stage", queue, batches[done], resend_at=2, resent=done > 0)
+            if int(reply) < 0:
+                raise UsageError(STAGE_EXPIRED)
+            done += 1
+            if on_batch is not None:
+                on_batch(batches[done - 1].jobs)
+
+    def _stage_pipelined(self, queue: str, batches: Sequence[_Batch], on_batch: Any) -> int:
+        """Stage the batches pipelined (``scripts.pipelined``); the number confirmed in a
+        row from the first (the caller goes on alone from there)."""
+
+        confirmed = 0
+
+        def accepted(i: int, reply: Any) -> bool:
+            nonlocal confirmed
+            if int(reply) < 0:
+                return False
+            confirmed += 1
+            if on_batch is not None:
+                on_batch(batches[i].jobs)
+            return True
+
+        try:
+            with self.connection(queue) as conn:
+                try:
+                    scripts.pipelined(conn, "stage", keys.prefix(queue), batches, accepted)
+                except BaseException:  # replies may be unread: the connection is out of step
+                    conn.disconnect()  # type: ignore[no-untyped-call]
+                    raise
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.info("push to %s: pipelined staging cut (%s); going on one at a time", queue, e)
+        return confirmed
 
     def _register_queue(self, queue: str) -> None:
         """``ff:queues`` lists every queue (for ``status``); added to once per broker."""

@@ -159,6 +159,10 @@ RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
 RES_SCAN = 200
 #: Attempts kept in a queue's events stream (approximately: trimmed by whole nodes).
 EVENTS_CAP = 10000
+#: A job's pool and retries when it names none: a job record leaves out these values (the
+#: scripts' read() and records.job_record fill them in), which keeps a queued job small.
+DEFAULT_POOL = "default"
+DEFAULT_RETRIES = 3
 
 
 def valid_name(name: str) -> bool:

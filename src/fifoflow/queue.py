@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .broker import Broker
+from .broker_push import BATCH
 from .errors import JobFailed, JobNotFound, UsageError
 from .keys import Status
 from .records import PushSpec
 from .resources import validate_need
 from .settings import Settings, get_settings
 from .validation import (
+    EncodedParams,
     encode_params,
     integer,
     seconds,
@@ -213,10 +215,11 @@ class Queue:
         expected_seconds: float | None = None,
         tags: Sequence[str] | None = None,
     ) -> list[Job]:
-        """Queue one job per parameter set, all or none: everything is checked before
-        anything is sent, and a push of many batches becomes visible in one step, so a
-        ``QueueFull`` (or any error) means none of its jobs was added. Options as ``push``;
-        every job of the push shares them (its parents too)."""
+        """Queue one job per parameter set, all or none: everything is checked before it is
+        sent, and a push of many batches is staged (invisible; each batch encoded while the
+        server stages the one before) and becomes visible in one step, so a ``QueueFull``
+        (or any error, a bad parameter set among them) means none of its jobs was added.
+        Options as ``push``; every job of the push shares them (its parents too)."""
         if on_parent_failure not in ("dead", "run"):
             raise UsageError(
                 f"on_parent_failure must be 'dead' or 'run', not {on_parent_failure!r}"
@@ -249,7 +252,12 @@ class Queue:
         )
         if mode and not spec.parents:
             raise UsageError("gather needs depends_on: the jobs whose results it gathers")
-        encoded = [encode_params(p, self.settings.max_params_bytes) for p in params_list]
+        sets = list(params_list)
+        encoded: Sequence[str]
+        if len(sets) > BATCH:  # encoded batch by batch, as they are staged
+            encoded = EncodedParams(sets, self.settings.max_params_bytes)
+        else:
+            encoded = [encode_params(p, self.settings.max_params_bytes) for p in sets]
         if spec.alias is not None and len(encoded) != 1:
             raise UsageError("job_id names one job: push one parameter set with it")
         job_keys = list(keys_) if keys_ is not None else [key] * len(encoded)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .keys import Field, Status
+from .keys import DEFAULT_POOL, DEFAULT_RETRIES, Field, Status
 
 #: Seeded from the OS once per process: a nonce per claim would otherwise cost a syscall.
 _random = random.Random(int.from_bytes(os.urandom(32), "big"))
@@ -238,9 +238,9 @@ def job_record(queue: str, job_id: str, raw: Mapping[str, str]) -> dict[str, Any
         "target": raw.get(Field.TARGET),
         "params": _load_json(raw.get(Field.PARAMS)),
         "priority": int(raw.get(Field.PRIORITY, 0)),
-        "pool": raw.get(Field.POOL, "default"),
+        "pool": raw.get(Field.POOL, DEFAULT_POOL),
         "key": raw.get(Field.KEY) or None,
-        "retries": int(raw.get(Field.RETRIES, 0)),
+        "retries": int(raw.get(Field.RETRIES, DEFAULT_RETRIES)),
         "timeout": _float(raw.get(Field.TIMEOUT)),
         "status": status,
         "attempts": int(raw.get(Field.ATTEMPTS, 0)),

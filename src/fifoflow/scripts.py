@@ -31,6 +31,8 @@ from typing import Any
 import redis
 
 from .keys import (
+    DEFAULT_POOL,
+    DEFAULT_RETRIES,
     EVENTS_CAP,
     RES_SCAN,
     RUN_BUCKETS,
@@ -73,6 +75,8 @@ VALUES: dict[str, str] = {
     "run_buckets": "{" + ", ".join(repr(float(b)) for b in RUN_BUCKETS) + "}",
     "events_cap": str(EVENTS_CAP),
     "res_scan": str(RES_SCAN),
+    "default_pool": repr(DEFAULT_POOL),
+    "default_retries": repr(str(DEFAULT_RETRIES)),
 }
 VALUE_RE = re.compile(r"\bV\.([a-z_]+)\b")
 
@@ -131,6 +135,46 @@ def library() -> Library:
     return Library(f"fifoflow_{version}", "\n".join(parts), functions)
 
 
+def command(name: str, key: str, args: Sequence[Any]) -> tuple[Any, ...]:
+    """The command that runs function ``name`` with KEYS = [key] and ARGV = args."""
+    return ("FCALL", library().functions[name], 1, key, *args)
+
+
+def pipelined(
+    conn: redis.Connection,
+    name: str,
+    key: str,
+    calls: Sequence[Sequence[Any]],
+    accepted: Callable[[int, Any], bool],
+) -> int:
+    """Run function ``name`` once per args in ``calls``, in order, with at most two
+    unanswered on ``conn``: the next is packed and sent while the server runs the one
+    before. ``accepted(i, reply)`` judges each reply; after the first it refuses (or an
+    error reply) nothing more is sent, and what was sent is read, so the connection stays
+    in step. Returns how many were accepted in a row from the first. Connection errors
+    propagate (the connection is then in an unknown state). The function library must
+    be loaded already (``run`` loads it)."""
+    accepted_n = answered = sent = 0
+    failed = False
+    while True:
+        while not failed and sent < len(calls) and sent - answered < 2:
+            packed = conn.pack_command(*command(name, key, calls[sent]))  # type: ignore[no-untyped-call]
+            conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
+            sent += 1
+        if answered == sent:
+            return accepted_n
+        try:
+            reply = conn.read_response()
+            ok = not failed and accepted(answered, reply)
+        except redis.ResponseError:
+            ok = False
+        answered += 1
+        if ok:
+            accepted_n += 1
+        else:
+            failed = True
+
+
 def run(
     conn: redis.Connection,
     name: str,
@@ -153,7 +197,7 @@ def run(
     errors propagate with the connection in an unknown state: the caller disconnects it.
     """
     lib = library()
-    call = ("FCALL", lib.functions[name], 1, key, *args)
+    call = command(name, key, args)
     conn.send_packed_command(conn.pack_commands([*before, call, *after]))  # type: ignore[no-untyped-call]
     if meanwhile is not None:
         meanwhile()

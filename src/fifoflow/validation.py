@@ -1,5 +1,6 @@
-"""Input checks shared by the Python API and the CLI: everything is refused before anything
-is sent, so bad input never reaches, or half-changes, a queue."""
+"""Input checks shared by the Python API and the CLI: bad input is refused before it is
+sent (a push of many batches: before it becomes visible), so it never reaches, or
+half-changes, a queue."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 from . import keys
 from .errors import UsageError
@@ -103,6 +104,27 @@ def encode_params(params: object, max_bytes: int) -> str:
     if size > max_bytes:
         raise UsageError(f"params are {size} bytes of JSON; the limit is {max_bytes}")
     return text
+
+
+class EncodedParams(Sequence[str]):
+    """Parameter sets encoded as they are read (``encode_params``): a push of many batches
+    encodes each batch while the server stages the one before. A bad set raises when its
+    batch is read."""
+
+    def __init__(self, params: Sequence[object], max_bytes: int) -> None:
+        self.params, self.max_bytes = params, max_bytes
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [encode_params(p, self.max_bytes) for p in self.params[i]]
+        return encode_params(self.params[i], self.max_bytes)
 
 
 def _check_keys(params: Mapping[str, Any]) -> None:

@@ -20,12 +20,23 @@ local function fmt_time(t)
   return string.format('%.6f', t)
 end
 
--- The named fields of a hash as a table: read(jk, F.status, F.pool).pool
+-- Job fields whose default value a record leaves out (write_job): read() fills it in.
+local DEFAULTS = {[F.pool] = V.default_pool, [F.retries] = V.default_retries}
+
+-- The named fields of a job's hash as a table: read(jk, F.status, F.pool).pool. A field
+-- not there is false, or its default (DEFAULTS) if the record exists (it has a status).
 local function read(key, ...)
   local names = {...}
+  local n = #names
+  names[n + 1] = F.status
   local values = redis.call('HMGET', key, unpack(names))
+  local exists = values[n + 1] ~= false
   local out = {}
-  for i, name in ipairs(names) do out[name] = values[i] end
+  for i = 1, n do
+    local name, value = names[i], values[i]
+    if value == false and exists then value = DEFAULTS[name] or false end
+    out[name] = value
+  end
   return out
 end
 
@@ -33,9 +44,77 @@ local function job_key(P, id)
   return P .. K.job .. id
 end
 
--- When job `id` was pushed: its rank is the server's time in microseconds at the push.
+-- A job's rank: the first 14 hex digits of its id, the server's time in microseconds at
+-- its push (unique and increasing per queue, see new_ids).
+local function rank_of(id)
+  return tonumber(string.sub(id, 1, 14), 16)
+end
+
+-- When job `id` was pushed.
 local function created_of(id)
-  return tonumber(string.sub(id, 1, 14), 16) / 1000000
+  return rank_of(id) / 1000000
+end
+
+-- The `all` index lists every job by push order with one entry per run of consecutive ids
+-- (a push's batch), not one per job: "FIRST COUNT LEFT", scored by FIRST's rank, where
+-- LEFT counts the run's records not yet forgotten; a lone job is its bare id. Runs are
+-- {first id, count}.
+local function index_runs(P, runs)
+  local args = {}
+  for i, run in ipairs(runs) do
+    args[#args + 1] = rank_of(run[1])
+    args[#args + 1] = run[2] == 1 and run[1] or (run[1] .. ' ' .. run[2] .. ' ' .. run[2])
+    if #args >= 4000 or i == #runs then
+      redis.call('ZADD', P .. K.all, unpack(args))
+      args = {}
+    end
+  end
+end
+
+-- The runs of consecutive ranks in `ids` (in increasing order).
+local function runs_of(ids)
+  local runs, last = {}, nil
+  for _, id in ipairs(ids) do
+    local rank = rank_of(id)
+    if last and rank == last + 1 then
+      runs[#runs][2] = runs[#runs][2] + 1
+    else
+      runs[#runs + 1] = {id, 1}
+    end
+    last = rank
+  end
+  return runs
+end
+
+-- Records that are gone (expired, purged) leave the `all` index: their runs count them
+-- down and go at zero. `ids` are sorted (in place), so one look-up serves a whole run.
+local function forget(P, ids)
+  table.sort(ids)
+  local entry, first, count, left = nil, nil, 0, 0
+  local function flush()
+    if entry == nil then return end
+    redis.call('ZREM', P .. K.all, entry)
+    if left > 0 then
+      redis.call('ZADD', P .. K.all, rank_of(first), first .. ' ' .. count .. ' ' .. left)
+    end
+    entry = nil
+  end
+  for _, id in ipairs(ids) do
+    local rank = rank_of(id)
+    if not (entry and rank >= rank_of(first) and rank < rank_of(first) + count) then
+      flush()
+      local hit = redis.call('ZREVRANGEBYSCORE', P .. K.all, rank, '-inf', 'LIMIT', 0, 1)[1]
+      if hit then
+        local f, c, l = string.match(hit, '^(%S+) (%d+) (%d+)$')
+        if f == nil then f, c, l = hit, '1', '1' end
+        if rank < rank_of(f) + tonumber(c) then
+          entry, first, count, left = hit, f, tonumber(c), tonumber(l)
+        end
+      end
+    end
+    if entry then left = left - 1 end
+  end
+  flush()
 end
 
 -- One wake token for a blocked worker of `pool`.
@@ -372,15 +451,16 @@ end
 -- A push's reply is runs of consecutive ranks with the same flags: 'OK', then per run its
 -- first id, its length, new ('1' added, '0' de-duplicated) and status (broker_push
 -- expands them). A million-job push replies, and keeps for a re-send, a few runs per
--- batch, not a few strings per job.
-local function add_run(runs, id, new, st)
+-- batch, not a few strings per job. `n` consecutive ids from `id` (default 1) are added.
+local function add_run(runs, id, new, st, n)
+  n = n or 1
   local run = runs[#runs]
-  local rank = tonumber(string.sub(id, 1, 14), 16)
+  local rank = rank_of(id)
   if type(run) == 'table' and rank == run.last + 1 and run[3] == new and run[4] == st
     and string.sub(id, 15) == string.sub(run[1], 15) then
-    run[2], run.last = run[2] + 1, rank
+    run[2], run.last = run[2] + n, rank + n - 1
   else
-    runs[#runs + 1] = {id, 1, new, st, last = rank}
+    runs[#runs + 1] = {id, n, new, st, last = rank + n - 1}
   end
 end
 
@@ -441,6 +521,8 @@ local function push_spec(argv, i)
     result_ttl = argv[i + 10], alias = argv[i + 11], resources = argv[i + 12],
     expected = argv[i + 13], tags = argv[i + 14] or '', refs = {},
   }
+  spec.plain = spec.priority == '0' and spec.pool == DEFAULTS[F.pool]
+    and spec.retries == DEFAULTS[F.retries]
   for ref in string.gmatch(spec.parents, '[^,]+') do spec.refs[#spec.refs + 1] = ref end
   return spec
 end
@@ -479,30 +561,46 @@ local function new_ids(P, suffix, count, now)
   return ids
 end
 
--- The ids a multi-batch push staged. Its stage list keeps one run per batch, "FIRST COUNT"
--- (a batch's ranks are consecutive): a few bytes per batch, not an entry per job.
-local function staged_ids(P, push_id)
-  local ids = {}
+-- The runs a multi-batch push staged ({first id, count}, see index_runs). Its stage list
+-- keeps one per batch, "FIRST COUNT" (a batch's ranks are consecutive): a few bytes per
+-- batch, not an entry per job.
+local function staged_runs(P, push_id)
+  local runs = {}
   for _, run in ipairs(redis.call('LRANGE', P .. K.stage .. push_id, 0, -1)) do
     local first, n = string.match(run, '^(%S+) (%d+)$')
-    local rank, suffix = tonumber(string.sub(first, 1, 14), 16), string.sub(first, 15)
-    for k = 0, tonumber(n) - 1 do ids[#ids + 1] = string.format('%014x', rank + k) .. suffix end
+    runs[#runs + 1] = {first, tonumber(n)}
+  end
+  return runs
+end
+
+-- The ids of runs, in order.
+local function ids_of(runs)
+  local ids = {}
+  for _, run in ipairs(runs) do
+    local rank, suffix = rank_of(run[1]), string.sub(run[1], 15)
+    for k = 0, run[2] - 1 do ids[#ids + 1] = string.format('%014x', rank + k) .. suffix end
   end
   return ids
 end
 
 -- The job's hash, not yet in any set: one HSET of the fields it needs. Its creation time
--- is its rank (created_of), attempts is 0 until a claim counts one, and priority 0 is the
--- default (enqueue_ready, job_record): none of them is stored, which keeps a queued job
--- small (docs/benchmarks.md, "Scale").
+-- is its rank (created_of), attempts is 0 until a claim counts one, and a default priority
+-- (0), pool or retries (DEFAULTS) is not stored (read() and job_record fill them in), which
+-- keeps a queued job small (docs/benchmarks.md, "Scale").
 local function write_job(P, id, spec, params, key)
   local jk = job_key(P, id)
-  if spec.priority == '0' then
-    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.pool, spec.pool,
-      F.retries, spec.retries, F.status, S.queued)
+  if spec.plain then  -- all three at their defaults (push_spec)
+    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.status, S.queued)
   else
-    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.priority, spec.priority,
-      F.pool, spec.pool, F.retries, spec.retries, F.status, S.queued)
+    local fields = {F.target, spec.target, F.params, params, F.status, S.queued}
+    for _, f in ipairs({{F.priority, spec.priority, '0'}, {F.pool, spec.pool, DEFAULTS[F.pool]},
+        {F.retries, spec.retries, DEFAULTS[F.retries]}}) do
+      if f[2] ~= f[3] then
+        fields[#fields + 1] = f[1]
+        fields[#fields + 1] = f[2]
+      end
+    end
+    redis.call('HSET', jk, unpack(fields))
   end
   if spec.timeout ~= '' then redis.call('HSET', jk, F.timeout, spec.timeout) end
   if spec.max_lost ~= '' then redis.call('HSET', jk, F.max_lost, spec.max_lost) end
@@ -547,18 +645,21 @@ end
 
 -- New jobs of one push, all in one state (`fate`, from attach) become visible: ready (one
 -- ZADD per chunk, one wake token a job up to the cap) or delayed; waiting for parents; or
--- dead at once (a parent failed). Their keys enter the dedupe index unless dead.
-local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl)
+-- dead at once (a parent failed). Their keys enter the dedupe index unless dead. `runs`:
+-- the ids' runs if the caller knows them (else found here).
+local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl, runs)
   redis.call('SADD', P .. K.pools, spec.pool)
   if #ids > 0 then count(P, E.pushed, spec.pool, #ids) end
-  local by_rank = {}
-  for i, id in ipairs(ids) do
-    by_rank[#by_rank + 1] = tonumber(string.sub(id, 1, 14), 16)
-    by_rank[#by_rank + 1] = id
-    if #by_rank >= 4000 or i == #ids then
-      redis.call('ZADD', P .. K.all, unpack(by_rank))
-      if fate == S.waiting then redis.call('ZADD', P .. K.waiting, unpack(by_rank)) end
-      by_rank = {}
+  index_runs(P, runs or runs_of(ids))
+  if fate == S.waiting then
+    local by_rank = {}
+    for i, id in ipairs(ids) do
+      by_rank[#by_rank + 1] = rank_of(id)
+      by_rank[#by_rank + 1] = id
+      if #by_rank >= 4000 or i == #ids then
+        redis.call('ZADD', P .. K.waiting, unpack(by_rank))
+        by_rank = {}
+      end
     end
   end
   if fate == S.dead then

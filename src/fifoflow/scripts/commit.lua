@@ -4,21 +4,37 @@
 -- ARGV[3]  ttl seconds of finished records (for jobs dead at once: a parent failed)
 -- ARGV[4..18] the push spec (see push_spec; the same as each stage.lua call)
 -- ARGV[19] '1' if any job of the push has a de-duplication key
+-- ARGV[20] '1': drop the push instead (its producer gave up: a bad parameter set)
 -- Returns  {'OK', first id, count, new, status, ...}: runs in push order (as push.lua)
 --       or {'FULL', pending, max_length, adding}   (nothing added; the staged jobs are gone)
 --       or {'NOPARENT', QUEUE/ID} (nothing added; the staged jobs are gone)
 --       or {'GONE'}  (nothing staged under that id: it expired)
+--       or {'DROPPED'}  (asked to drop it: nothing added; the staged jobs are gone)
 local P = KEYS[1]
 local push_id, resend, ttl = ARGV[1], ARGV[2], ARGV[3]
 local spec = push_spec(ARGV, 4)
 local keyed = ARGV[4 + SPEC_LEN] == '1'
+local abandon = ARGV[5 + SPEC_LEN] == '1'
 local list = P .. K.stage .. push_id
 
 local prior = replayed(P, push_id, resend)
 if prior then return prior end
 local now = now_s()
-local staged = staged_ids(P, push_id)
-if #staged == 0 then return {'GONE'} end
+local runs = staged_runs(P, push_id)
+if #runs == 0 then return {'GONE'} end
+local staged = ids_of(runs)
+
+local function drop(ids)
+  for _, id in ipairs(ids) do redis.call('DEL', job_key(P, id)) end
+  redis.call('DEL', list)
+  redis.call('ZREM', P .. K.staging, push_id)
+end
+
+if abandon then
+  drop(staged)
+  return {'DROPPED'}
+end
+
 local state, unknown = parents_state(spec)
 
 -- De-duplication, as push.lua does it; a staged job that loses is deleted.
@@ -39,12 +55,6 @@ for j, id in ipairs(staged) do
   end
 end
 
-local function drop(ids)
-  for _, id in ipairs(ids) do redis.call('DEL', job_key(P, id)) end
-  redis.call('DEL', list)
-  redis.call('ZREM', P .. K.staging, push_id)
-end
-
 if not state then
   drop(staged)
   return {'NOPARENT', unknown}
@@ -62,10 +72,15 @@ for j, id in ipairs(staged) do
 end
 drop(losers)
 local fate = attach(P, visible, spec, state, now)
-local status = publish(P, visible, keys_by_id, spec, now, fate, state, ttl)
-local runs = {'OK'}
-for j, id in ipairs(final) do
-  add_run(runs, id, new[j] and '1' or '0',
-    new[j] and status or (redis.call('HGET', job_key(P, id), F.status) or status))
+if #losers > 0 then runs = nil end  -- the visible ids' runs are found from them
+local status = publish(P, visible, keys_by_id, spec, now, fate, state, ttl, runs)
+local reply = {'OK'}
+if runs then  -- every staged job is new: the reply's runs are the staged ones
+  for _, run in ipairs(runs) do add_run(reply, run[1], '1', status, run[2]) end
+else
+  for j, id in ipairs(final) do
+    add_run(reply, id, new[j] and '1' or '0',
+      new[j] and status or (redis.call('HGET', job_key(P, id), F.status) or status))
+  end
 end
-return remember(P, push_id, flat_runs(runs))
+return remember(P, push_id, flat_runs(reply))

@@ -16,14 +16,14 @@ if policy.ttl > 0 then
     local old = redis.call('ZRANGEBYSCORE', P .. z, '-inf', now - policy.ttl, 'LIMIT', 0, 1000)
     if #old > 0 then
       redis.call('ZREM', P .. z, unpack(old))
-      redis.call('ZREM', P .. K.all, unpack(old))
+      forget(P, old)
       trimmed = trimmed + #old
     end
   end
 end
 for _, push_id in ipairs(redis.call('ZRANGEBYSCORE', P .. K.staging, '-inf', now - 3600,
     'LIMIT', 0, 10)) do
-  for _, id in ipairs(staged_ids(P, push_id)) do
+  for _, id in ipairs(ids_of(staged_runs(P, push_id))) do
     redis.call('DEL', job_key(P, id))
   end
   redis.call('DEL', P .. K.stage .. push_id)

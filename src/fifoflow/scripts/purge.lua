@@ -3,9 +3,7 @@
 -- Returns  the number of jobs deleted
 local P = KEYS[1]
 local ids = redis.call('ZRANGE', P .. K.dead, 0, -1)
-for _, id in ipairs(ids) do
-  redis.call('DEL', job_key(P, id))
-  redis.call('ZREM', P .. K.all, id)
-end
+for _, id in ipairs(ids) do redis.call('DEL', job_key(P, id)) end
+forget(P, ids)
 redis.call('DEL', P .. K.dead)
 return #ids
