@@ -12,7 +12,10 @@ allow-list before sending, so a disallowed target is never imported anywhere. A 
 calls functions its own way (Prefect: each attempt a child flow run) names a *call
 factory*, ``"module:function"`` taking a JSON-able config and returning the ``Call`` the
 child passes to ``execute`` (``setup``); the config's ``"env"`` (if any) is set in the
-child's environment before the factory's module is imported.
+child's environment before the factory's module is imported. While a job runs, its call
+may ``tell_parent`` fields the dispatcher needs before the outcome (Prefect: the child
+run's id, so a cancel in Prefect can reach the run); the runner hands them to its
+``on_note`` and, if the process is killed or dies, puts them in the outcome's ``extra``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -43,6 +47,19 @@ CLOSE_GRACE = 5.0
 
 #: A call factory and its config (JSON text): see the module docstring.
 Setup = tuple[str, str]
+#: Called in the slot thread with a note from the job's process: (job, fields, cancel flag).
+OnNote = Callable[[Claimed, dict[str, str], threading.Event], None]
+
+_parent: Connection | None = None  # in a child process: its end of the pipe
+_send_lock = threading.Lock()
+
+
+def tell_parent(fields: dict[str, str]) -> None:
+    """In a process slot's child, while a job runs: send ``fields`` to the dispatcher now
+    (a no-op anywhere else)."""
+    if _parent is not None:
+        with _send_lock:
+            _parent.send_bytes(json.dumps({"note": fields}).encode())
 
 
 def _child_main(
@@ -59,6 +76,8 @@ def _child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.path[:0] = [p for p in sys_path if p not in sys.path]
+    global _parent
+    _parent = conn
     resolver = Resolver(modules)
     call: Call = direct_call
     if setup is not None:
@@ -74,7 +93,8 @@ def _child_main(
         if env is not None:  # a worker with capacity: this job's share
             os.environ.update(job_env(job.alloc))
         outcome = execute(job, resolver, call, url=url)
-        conn.send_bytes(json.dumps(asdict(outcome)).encode())
+        with _send_lock:
+            conn.send_bytes(json.dumps(asdict(outcome)).encode())
 
 
 class ProcessRunner:
@@ -94,6 +114,8 @@ class ProcessRunner:
         self._modules = list(modules)
         self._url = url
         self._setup = setup  # asked each time a child starts
+        #: Gets each note a job's process sends while it runs (``tell_parent``).
+        self.on_note: OnNote | None = None
         self._ctx: Any = multiprocessing.get_context("spawn")
         if pinned and "forkserver" in multiprocessing.get_all_start_methods():
             # A pinned worker starts a child per change of GPUs: forked from a server that
@@ -142,20 +164,36 @@ class ProcessRunner:
         except TargetNotAllowed as e:
             return Outcome("dead", one_line(e))
         conn = self._ensure(job)
+        cancel = cancel if cancel is not None else threading.Event()
+        deadline = None if job.timeout is None else time.monotonic() + job.timeout
+        notes: dict[str, str] = {}
         try:
             self._busy = True
             conn.send_bytes(json.dumps(asdict(job)).encode())
-            if not conn.poll(job.timeout):
-                self.close()
-                return Outcome(
-                    "fail", f"TimeoutError: job exceeded its timeout of {job.timeout:g}s"
-                )
-            reply = json.loads(conn.recv_bytes())
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not conn.poll(left):
+                    self.close()
+                    return Outcome(
+                        "fail",
+                        f"TimeoutError: job exceeded its timeout of {job.timeout:g}s",
+                        extra=notes,
+                    )
+                reply = json.loads(conn.recv_bytes())
+                if "note" not in reply:
+                    break
+                notes.update(reply["note"])
+                if self.on_note is not None:
+                    self.on_note(job, dict(reply["note"]), cancel)
             self._busy = False
         except (EOFError, OSError, ValueError):
+            if self._proc is not None:
+                self._proc.join(1.0)  # it is ending: its exit code, once it has one
             code = self._proc.exitcode if self._proc else None
             self.close()
-            return Outcome("fail", f"ChildProcessError: the job's process died (exit code {code})")
+            return Outcome(
+                "fail", f"ChildProcessError: the job's process died (exit code {code})", extra=notes
+            )
         return Outcome(
             reply["kind"], reply["payload"], reply["traceback"], dict(reply["extra"] or {})
         )

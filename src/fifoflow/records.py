@@ -156,7 +156,7 @@ class Retry:
 
 @dataclass(slots=True)
 class Completion:
-    outcome: str  # succeeded | retry | dead | stale
+    outcome: str  # succeeded | retry | dead | cancelled | stale
     next_event: float
     claimed: list[Claimed]
     retry: Retry | None = None  # when the outcome is 'retry'
@@ -171,6 +171,8 @@ def attempt_line(job: Claimed, outcome: Outcome, done: Completion, seconds: floa
         return f"{head} ended after {seconds:.3f}s, but its lease had passed to another worker"
     if done.outcome == Status.SUCCEEDED:
         return f"{head} succeeded in {seconds:.3f}s"
+    if done.outcome == Status.CANCELLED:
+        return f"{head} cancelled after {seconds:.3f}s, never retried{error}"
     if done.retry is not None:
         r = done.retry
         return (

@@ -3,10 +3,12 @@
 ``PrefectCancelWatch`` is one more worker service. Every ``INTERVAL`` seconds it asks the
 API, in one call, which of these runs are Cancelling or Cancelled:
 
-* the child runs this worker runs in-process (local mode): such a job is marked cancelled
-  on the fifoflow server (``Queue.cancel``), and its target sees
+* the child runs this worker runs itself (local mode): such a job is marked cancelled on
+  the fifoflow server (``Queue.cancel``). In a thread slot its target sees
   ``current_job().cancelled`` (a thread cannot be stopped from outside; the child run is
-  set Cancelled when its attempt ends, and the job is recorded cancelled, never retried);
+  set Cancelled when its attempt ends); a process slot's process is stopped as for
+  ``fifoflow cancel`` (SIGTERM, then SIGKILL) and the dispatcher sets the run Cancelled
+  (``hooks``). Either way the job is recorded cancelled, never retried;
 * the dispatcher's own flow run: a cancel of the dispatcher (for example a deployed one,
   ``fifoflow deploy``) drains the worker like SIGTERM: no new claims, running jobs get the
   grace period, the rest go back in line.

@@ -7,7 +7,9 @@ another) and the dispatcher's flow run: each attempt's child flow run is created
 process with a tracking task run in that flow run as its parent, exactly as a thread slot
 creates it, so the runs are children of the dispatcher wherever they run. This process
 keeps one API client (and its connections) for all its attempts, and the engine runs
-every flow with that same client.
+every flow with that same client. Each attempt tells the dispatcher its child run's id as
+soon as the run exists (``procslot.tell_parent``): a cancel of that run in Prefect reaches
+the job, and a run whose process is killed gets its final state from the dispatcher.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 from typing import Any
 
 from ..execution import Call, JobInfo
+from ..procslot import tell_parent
 
 #: ``procslot`` imports the call factory by this name.
 FACTORY = f"{__name__}:make_call"
@@ -62,6 +65,7 @@ def make_call(config: dict[str, Any]) -> Call:
     def call(job: JobInfo, fn: Any, kwargs: dict[str, Any], extra: dict[str, str]) -> Any:
         child = attempts.create(job, fn, kwargs)
         extra["flow_run_id"] = child.run_id
+        tell_parent({"flow_run_id": child.run_id})
         state = attempts.run(job, child)
         extra["flow_run_state"] = str(state.name)
         return attempts.outcome(state, child.run_id)

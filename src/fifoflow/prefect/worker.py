@@ -14,10 +14,9 @@ between the two, which keeps each child's logs and prints on the child's own run
 subflow called from inside a task logs onto that task, PrefectHQ/prefect#19449).
 
 A child that ends Failed or Crashed is a failed attempt (retried with fifoflow's back-off);
-one cancelled (from fifoflow or Prefect) makes the job cancelled. The child's flow run id
-is stored on the job record whatever the outcome. ``deployment``: jobs as deployment runs.
-With ``processes=True`` each slot runs its attempts in a process of its own (``procchild``);
-``run_name``: child run names (``runname``); ``events``: lifecycle events (``hooks``).
+one cancelled (from fifoflow or Prefect) makes the job cancelled; its run id is recorded on
+the job. ``deployment``: jobs as deployment runs. ``processes=True``: each slot's attempts
+in a process of its own (``procchild``, ``hooks``); ``run_name``: child run names.
 """
 
 from __future__ import annotations
@@ -40,16 +39,18 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import temporary_settings
 from prefect.states import Cancelled, Cancelling, Crashed
 
+from ..allowlist import Resolver
 from ..execution import Cancelled as JobCancelled
 from ..execution import JobInfo, run_as
 from ..procslot import Setup
 from ..records import Claimed, Outcome
+from ..slots import Runner
 from ..worker import Worker
 from .attempts import Attempts, child_tags
 from .cancels import PrefectCancelWatch
 from .client import api_client, patient_startup, quick_retry
 from .deployment import START_TIMEOUT, DeploymentRuns
-from .hooks import emit_final, note_attempt
+from .hooks import emit_final, note_attempt, stop_process_run, watch_runs
 from .hooks import process_setup as child_setup
 from .runname import RunName
 from .summary import Summary
@@ -223,7 +224,7 @@ class PrefectWorker(Worker):
         return self._api
 
     def active_children(self) -> dict[str, JobInfo]:
-        """In-process child runs going on now: run id -> job."""
+        """Local child runs (thread or process slots) going on now: run id -> job."""
         with self._active_lock:
             return dict(self._active)
 
@@ -232,6 +233,8 @@ class PrefectWorker(Worker):
 
     def mark_cancelled(self, job: JobInfo) -> None:
         """A job's run was cancelled in Prefect: the job is cancelled (never retried)."""
+        if self.processes:
+            return stop_process_run(self, job)
         job.cancel_event.set()
         self.retry.once(lambda: self.broker.cancel(job.queue, job.id))
 
@@ -268,6 +271,9 @@ class PrefectWorker(Worker):
         self._log_to_dispatcher(job, state, duration, run_id)
 
     # -- one job, one child flow run ----------------------------------------------------
+
+    def make_runner(self, resolver: Resolver) -> Runner:
+        return watch_runs(self, super().make_runner(resolver))
 
     def process_setup(self) -> Setup:
         return child_setup(self)
