@@ -523,6 +523,10 @@ local function push_spec(argv, i)
   }
   spec.plain = spec.priority == '0' and spec.pool == DEFAULTS[F.pool]
     and spec.retries == DEFAULTS[F.retries]
+  -- bare: a job of this push needs no field past target, params and status (write_job)
+  spec.bare = spec.plain and spec.timeout == '' and spec.max_lost == ''
+    and spec.result_ttl == '' and spec.tags == '' and spec.resources == ''
+    and spec.expected == '' and spec.alias == ''
   for ref in string.gmatch(spec.parents, '[^,]+') do spec.refs[#spec.refs + 1] = ref end
   return spec
 end
@@ -556,7 +560,7 @@ local function new_ids(P, suffix, count, now)
   local rank = math.floor(now * 1000000)
   if rank <= last then rank = last + 1 end
   local ids = {}
-  for i = 0, count - 1 do ids[#ids + 1] = string.format('%014x', rank + i) .. suffix end
+  for i = 1, count do ids[i] = string.format('%014x%s', rank + i - 1, suffix) end
   redis.call('SET', P .. K.seq, string.format('%d', rank + count - 1))
   return ids
 end
@@ -578,7 +582,7 @@ local function ids_of(runs)
   local ids = {}
   for _, run in ipairs(runs) do
     local rank, suffix = rank_of(run[1]), string.sub(run[1], 15)
-    for k = 0, run[2] - 1 do ids[#ids + 1] = string.format('%014x', rank + k) .. suffix end
+    for k = 0, run[2] - 1 do ids[#ids + 1] = string.format('%014x%s', rank + k, suffix) end
   end
   return ids
 end
@@ -588,7 +592,11 @@ end
 -- (0), pool or retries (DEFAULTS) is not stored (read() and job_record fill them in), which
 -- keeps a queued job small (docs/benchmarks.md, "Scale").
 local function write_job(P, id, spec, params, key)
-  local jk = job_key(P, id)
+  local jk = P .. K.job .. id
+  if spec.bare and key == '' then  -- the bulk path: one short HSET, nothing else to check
+    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.status, S.queued)
+    return
+  end
   if spec.plain then  -- all three at their defaults (push_spec)
     redis.call('HSET', jk, F.target, spec.target, F.params, params, F.status, S.queued)
   else
@@ -683,7 +691,7 @@ local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl, runs)
     if first then wake(P, first) end
     return S.delayed
   end
-  local score = -tonumber(spec.priority)
+  local score = string.format('%d', -tonumber(spec.priority))  -- text: no conversion a job
   local chunk = {}
   for i, id in ipairs(ids) do
     chunk[#chunk + 1] = score

@@ -25,12 +25,12 @@ local now = now_s()
 local count = #ARGV - FIRST + 1
 if keyed then count = count / 2 end
 local ids = new_ids(P, suffix, count, now)
-for j, id in ipairs(ids) do
-  if keyed then
+if keyed then
+  for j, id in ipairs(ids) do
     write_job(P, id, spec, ARGV[FIRST + 2 * (j - 1)], ARGV[FIRST + 2 * (j - 1) + 1])
-  else
-    write_job(P, id, spec, ARGV[FIRST + j - 1], '')
   end
+else
+  for j, id in ipairs(ids) do write_job(P, id, spec, ARGV[FIRST + j - 1], '') end
 end
 redis.call('RPUSH', list, ids[1] .. ' ' .. count)
 redis.call('ZADD', P .. K.staging, 'NX', now, push_id)
