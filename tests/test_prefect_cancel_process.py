@@ -66,6 +66,14 @@ def running_run(client: Any, worker: Any, job_id: str) -> Any:
     return runs[0] if runs and runs[0].state.type.value == "RUNNING" else None
 
 
+def running_process(client: Any, worker: Any, job_id: str, marker: Path) -> tuple[Any, int]:
+    """The job's child run once Running, and the pid of the slot process running it (the
+    ``stubborn`` target writes it to ``marker``)."""
+    run = wait_for(lambda: running_run(client, worker, job_id), timeout=90, interval=0.2)
+    wait_for(marker.exists, timeout=30)
+    return run, int(marker.read_text())
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -92,9 +100,7 @@ def test_a_process_slot_run_cancelled_in_prefect_cancels_its_job(
     behind = q.push(f"{T}:add", {"x": 1, "y": 2})
     worker, thread = start_worker(q, url)
     try:
-        run = wait_for(lambda: running_run(client, worker, job.id), timeout=90, interval=0.2)
-        wait_for(marker.exists, timeout=30)
-        pid = int(marker.read_text())
+        run, pid = running_process(client, worker, job.id, marker)
         # The dispatcher knows the run while the job's process runs it.
         assert worker.active_children()[str(run.id)].id == job.id
         client.set_flow_run_state(run.id, Cancelling(message="from the UI"))
@@ -123,9 +129,7 @@ def test_fifoflow_cancel_of_a_process_slot_job_ends_its_run_cancelled(
     job = q.push(f"{T}:stubborn", {"marker": str(marker), "seconds": 150}, retries=3)
     worker, thread = start_worker(q, url)
     try:
-        run = wait_for(lambda: running_run(client, worker, job.id), timeout=90, interval=0.2)
-        wait_for(marker.exists, timeout=30)
-        pid = int(marker.read_text())
+        run, pid = running_process(client, worker, job.id, marker)
         r = run_cli("cancel", job.id)
         assert r.returncode == 0, r.stderr
         wait_for(lambda: q.record(job.id)["status"] == "cancelled", timeout=30, interval=0.1)

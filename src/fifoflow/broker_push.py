@@ -9,7 +9,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, overload
+from typing import Any
 
 import redis
 
@@ -34,16 +34,10 @@ STAGE_EXPIRED = "the push was staged for over an hour and expired; push again"
 log = logging.getLogger(__name__)
 
 
-class _Batch(list[Any]):
-    """A ``stage.lua`` call's arguments, and how many jobs they carry."""
-
-    jobs: int
-
-
-class _Batches(Sequence[_Batch]):
-    """The ``stage.lua`` calls of one push, each built (its params encoded, if they are
-    ``EncodedParams``) when it is first read, so while the server stages one batch the
-    client builds the next."""
+class _Batches:
+    """The ``stage.lua`` calls of one push. A call's arguments are built (its params
+    encoded, if they are ``EncodedParams``) when it is about to be sent, so while the
+    server stages one batch the client builds the next."""
 
     def __init__(
         self,
@@ -53,54 +47,23 @@ class _Batches(Sequence[_Batch]):
         params: Sequence[str],
         job_keys: Sequence[str | None] | None,
     ) -> None:
-        self.head = [push_id, "", "0", suffix, *spec.args(), "0" if job_keys is None else "1"]
-        self.params, self.job_keys = params, job_keys
+        self.push_id, self.params, self.job_keys = push_id, params, job_keys
+        self.rest = ["0", suffix, *spec.args(), "0" if job_keys is None else "1"]
         self.n = -(-len(params) // BATCH)
-        self.built: dict[int, _Batch] = {}
 
     def __len__(self) -> int:
         return self.n
 
-    @overload
-    def __getitem__(self, i: int) -> _Batch: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[_Batch]: ...
-    def __getitem__(self, i: int | slice) -> _Batch | Sequence[_Batch]:
-        if isinstance(i, slice):  # a view: its batches are built as it is read
-            return _Tail(self, range(self.n)[i])
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        if i not in self.built:
-            self.built.pop(i - 2, None)  # sent and answered: no longer needed
-            chunk = self.params[i * BATCH : (i + 1) * BATCH]
-            items: list[str] = list(chunk)
-            if self.job_keys is not None:
-                keys_ = self.job_keys[i * BATCH : (i + 1) * BATCH]
-                items = [x for p, k in zip(chunk, keys_, strict=True) for x in (p, k or "")]
-            batch = _Batch([*self.head, *items])
-            batch[1] = str(i)
-            batch.jobs = len(chunk)
-            self.built[i] = batch
-        return self.built[i]
+    def jobs(self, i: int) -> int:
+        return min(BATCH, len(self.params) - i * BATCH)
 
-
-class _Tail(Sequence[_Batch]):
-    """Some of a push's batches (a slice of ``_Batches``), each built when read."""
-
-    def __init__(self, batches: _Batches, which: range) -> None:
-        self.batches, self.which = batches, which
-
-    def __len__(self) -> int:
-        return len(self.which)
-
-    @overload
-    def __getitem__(self, i: int) -> _Batch: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[_Batch]: ...
-    def __getitem__(self, i: int | slice) -> _Batch | Sequence[_Batch]:
-        if isinstance(i, slice):
-            return _Tail(self.batches, self.which[i])
-        return self.batches[self.which[i]]
+    def args(self, i: int) -> list[Any]:
+        chunk = self.params[i * BATCH : (i + 1) * BATCH]
+        items: list[str] = list(chunk)
+        if self.job_keys is not None:
+            keys_ = self.job_keys[i * BATCH : (i + 1) * BATCH]
+            items = [x for p, k in zip(chunk, keys_, strict=True) for x in (p, k or "")]
+        return [self.push_id, str(i), *self.rest, *items]
 
 
 class Producing:
@@ -122,20 +85,17 @@ class Producing:
     ) -> list[Pushed]:
         """Add jobs (params: JSON texts), all or none. Up to ``BATCH`` jobs are one script
         call; more are staged batch by batch, invisible, and committed in one call."""
-        pairs: list[str] = []
-        keyed = "1" if any(job_keys) else "0"
-        if keyed == "1" or len(params) <= BATCH:
-            for p, k in zip(params, job_keys, strict=True):
-                pairs += [p, k or ""]
         self._register_queue(queue)
         suffix = keys.id_suffix(queue)
         if len(params) <= BATCH:
+            pairs = [x for p, k in zip(params, job_keys, strict=True) for x in (p, k or "")]
             args = [nonce(), "0", suffix, self.policy.ttl, *spec.args(), *pairs]
             _, reply = self._script("push", queue, args, resend_at=1)
             if on_batch is not None:
                 on_batch(len(params))
             return self._pushed(queue, reply)
         push_id = nonce()
+        keyed = "1" if any(job_keys) else "0"
         batches = _Batches(push_id, suffix, spec, params, job_keys if keyed == "1" else None)
         try:
             self._stage(queue, batches, on_batch)
@@ -151,31 +111,31 @@ class Producing:
             raise UsageError(STAGE_EXPIRED)
         return self._pushed(queue, reply)
 
-    def _stage(self, queue: str, batches: Sequence[_Batch], on_batch: Any) -> None:
+    def _stage(self, queue: str, batches: _Batches, on_batch: Any) -> None:
         """Stage the batches of one push, in order. The first goes alone (it loads the
         function library if need be); the rest are pipelined on one connection, the next
-        packed and sent while the server runs the one before, which overlaps the client's
+        built and sent while the server runs the one before, which overlaps the client's
         work with the server's. ``stage.lua`` stages a batch only after the one before it,
         so an error on the way (a lost connection, a failover) never reorders them: from
         the first batch not confirmed, the rest go one at a time, re-sent (idempotent)."""
         done = 0
         while done < len(batches):
             if done > 0:
-                confirmed = self._stage_pipelined(queue, batches[done:], on_batch)
+                confirmed = self._stage_pipelined(queue, batches, done, on_batch)
                 if confirmed:
                     done += confirmed
                     continue
-            _, reply = self._script("stage", queue, batches[done], resend_at=2, resent=done > 0)
+            args = batches.args(done)
+            _, reply = self._script("stage", queue, args, resend_at=2, resent=done > 0)
             if int(reply) < 0:
                 raise UsageError(STAGE_EXPIRED)
-            done += 1
             if on_batch is not None:
-                on_batch(batches[done - 1].jobs)
+                on_batch(batches.jobs(done))
+            done += 1
 
-    def _stage_pipelined(self, queue: str, batches: Sequence[_Batch], on_batch: Any) -> int:
-        """Stage the batches pipelined (``scripts.pipelined``); the number confirmed in a
-        row from the first (the caller goes on alone from there)."""
-
+    def _stage_pipelined(self, queue: str, batches: _Batches, start: int, on_batch: Any) -> int:
+        """Stage the batches from ``start`` pipelined (``scripts.pipelined``); the number
+        confirmed in a row (the caller goes on alone from there)."""
         confirmed = 0
 
         def accepted(i: int, reply: Any) -> bool:
@@ -184,13 +144,14 @@ class Producing:
                 return False
             confirmed += 1
             if on_batch is not None:
-                on_batch(batches[i].jobs)
+                on_batch(batches.jobs(start + i))
             return True
 
+        calls = (batches.args(i) for i in range(start, len(batches)))
         try:
             with self.connection(queue) as conn:
                 try:
-                    scripts.pipelined(conn, "stage", keys.prefix(queue), batches, accepted)
+                    scripts.pipelined(conn, "stage", keys.prefix(queue), calls, accepted)
                 except BaseException:  # replies may be unread: the connection is out of step
                     conn.disconnect()  # type: ignore[no-untyped-call]
                     raise

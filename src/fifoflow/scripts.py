@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -144,23 +144,26 @@ def pipelined(
     conn: redis.Connection,
     name: str,
     key: str,
-    calls: Sequence[Sequence[Any]],
+    calls: Iterable[Sequence[Any]],
     accepted: Callable[[int, Any], bool],
 ) -> int:
     """Run function ``name`` once per args in ``calls``, in order, with at most two
-    unanswered on ``conn``: the next is packed and sent while the server runs the one
-    before. ``accepted(i, reply)`` judges each reply; after the first it refuses (or an
-    error reply) nothing more is sent, and what was sent is read, so the connection stays
-    in step. Returns how many were accepted in a row from the first. Connection errors
-    propagate (the connection is then in an unknown state). The function library must
-    be loaded already (``run`` loads it)."""
+    unanswered on ``conn``: the next is taken from ``calls`` (built, if it is built lazily)
+    and sent while the server runs the one before. ``accepted(i, reply)`` judges each
+    reply; after the first it refuses (or an error reply) nothing more is sent, and what
+    was sent is read, so the connection stays in step. Returns how many were accepted in
+    a row from the first. Connection errors propagate (the connection is then in an
+    unknown state). The function library must be loaded already (``run`` loads it)."""
+    pending = iter(calls)
+    upcoming = next(pending, None)
     accepted_n = answered = sent = 0
     failed = False
     while True:
-        while not failed and sent < len(calls) and sent - answered < 2:
-            packed = conn.pack_command(*command(name, key, calls[sent]))  # type: ignore[no-untyped-call]
+        while not failed and upcoming is not None and sent - answered < 2:
+            packed = conn.pack_command(*command(name, key, upcoming))  # type: ignore[no-untyped-call]
             conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
             sent += 1
+            upcoming = next(pending, None)
         if answered == sent:
             return accepted_n
         try:

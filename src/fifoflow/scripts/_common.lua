@@ -55,20 +55,25 @@ local function created_of(id)
   return rank_of(id) / 1000000
 end
 
+-- ZADD of a flat {score, member, ...} list, however long, in calls of 2,000 members (a
+-- Lua call's arguments are bounded).
+local function zadd_pairs(zset, flat)
+  for i = 1, #flat, 4000 do
+    redis.call('ZADD', zset, unpack(flat, i, math.min(i + 3999, #flat)))
+  end
+end
+
 -- The `all` index lists every job by push order with one entry per run of consecutive ids
 -- (a push's batch), not one per job: "FIRST COUNT LEFT", scored by FIRST's rank, where
 -- LEFT counts the run's records not yet forgotten; a lone job is its bare id. Runs are
 -- {first id, count}.
 local function index_runs(P, runs)
-  local args = {}
-  for i, run in ipairs(runs) do
-    args[#args + 1] = rank_of(run[1])
-    args[#args + 1] = run[2] == 1 and run[1] or (run[1] .. ' ' .. run[2] .. ' ' .. run[2])
-    if #args >= 4000 or i == #runs then
-      redis.call('ZADD', P .. K.all, unpack(args))
-      args = {}
-    end
+  local flat = {}
+  for _, run in ipairs(runs) do
+    flat[#flat + 1] = rank_of(run[1])
+    flat[#flat + 1] = run[2] == 1 and run[1] or (run[1] .. ' ' .. run[2] .. ' ' .. run[2])
   end
+  zadd_pairs(P .. K.all, flat)
 end
 
 -- The runs of consecutive ranks in `ids` (in increasing order).
@@ -523,10 +528,6 @@ local function push_spec(argv, i)
   }
   spec.plain = spec.priority == '0' and spec.pool == DEFAULTS[F.pool]
     and spec.retries == DEFAULTS[F.retries]
-  -- bare: a job of this push needs no field past target, params and status (write_job)
-  spec.bare = spec.plain and spec.timeout == '' and spec.max_lost == ''
-    and spec.result_ttl == '' and spec.tags == '' and spec.resources == ''
-    and spec.expected == '' and spec.alias == ''
   for ref in string.gmatch(spec.parents, '[^,]+') do spec.refs[#spec.refs + 1] = ref end
   return spec
 end
@@ -592,11 +593,7 @@ end
 -- (0), pool or retries (DEFAULTS) is not stored (read() and job_record fill them in), which
 -- keeps a queued job small (docs/benchmarks.md, "Scale").
 local function write_job(P, id, spec, params, key)
-  local jk = P .. K.job .. id
-  if spec.bare and key == '' then  -- the bulk path: one short HSET, nothing else to check
-    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.status, S.queued)
-    return
-  end
+  local jk = job_key(P, id)
   if spec.plain then  -- all three at their defaults (push_spec)
     redis.call('HSET', jk, F.target, spec.target, F.params, params, F.status, S.queued)
   else
@@ -661,14 +658,11 @@ local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl, runs)
   index_runs(P, runs or runs_of(ids))
   if fate == S.waiting then
     local by_rank = {}
-    for i, id in ipairs(ids) do
+    for _, id in ipairs(ids) do
       by_rank[#by_rank + 1] = rank_of(id)
       by_rank[#by_rank + 1] = id
-      if #by_rank >= 4000 or i == #ids then
-        redis.call('ZADD', P .. K.waiting, unpack(by_rank))
-        by_rank = {}
-      end
     end
+    zadd_pairs(P .. K.waiting, by_rank)
   end
   if fate == S.dead then
     local why = {F.error, 'DependencyFailed: parent ' .. state.failed}
@@ -692,15 +686,12 @@ local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl, runs)
     return S.delayed
   end
   local score = string.format('%d', -tonumber(spec.priority))  -- text: no conversion a job
-  local chunk = {}
-  for i, id in ipairs(ids) do
-    chunk[#chunk + 1] = score
-    chunk[#chunk + 1] = id
-    if #chunk >= 4000 or i == #ids then
-      redis.call('ZADD', P .. K.ready .. spec.pool, unpack(chunk))
-      chunk = {}
-    end
+  local by_score = {}
+  for _, id in ipairs(ids) do
+    by_score[#by_score + 1] = score
+    by_score[#by_score + 1] = id
   end
+  zadd_pairs(P .. K.ready .. spec.pool, by_score)
   local list = P .. K.wake .. spec.pool
   local tokens = math.min(#ids, WAKE_CAP)
   local ones = {}
