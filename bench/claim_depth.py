@@ -17,6 +17,7 @@ The server is stopped and its home removed at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -48,6 +49,14 @@ def ready(q: Queue) -> int:
 
 def used_memory(q: Queue) -> int:
     return int(q.client.info("memory")["used_memory"])
+
+
+def server_cpu(q: Queue) -> float:
+    """CPU seconds the server's process has used (all its threads; not a rewrite child):
+    steadier than wall time on a shared machine."""
+    pid = int(q.client.info("server")["process_id"])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def push_jobs(q: Queue, count: int, chunk: int, start: int = 0, progress: bool = False) -> float:
@@ -137,11 +146,15 @@ def main() -> None:
             shallow.run(stretch_s)
         print(f"depth {ready(q):>9,}: {shallow.summary()}")
 
-        before = used_memory(q)
+        before, cpu0, own0 = used_memory(q), server_cpu(q), time.process_time()
         to_load = args.deep - ready(q)
         load_s = push_jobs(q, to_load, args.chunk, start=args.shallow, progress=True)
-        after = used_memory(q)
-        print(f"bulk load: {to_load:,} jobs in {load_s:.1f} s ({to_load / load_s:,.0f} jobs/s)")
+        after, cpu = used_memory(q), server_cpu(q) - cpu0
+        own = time.process_time() - own0
+        print(
+            f"bulk load: {to_load:,} jobs in {load_s:.1f} s ({to_load / load_s:,.0f} jobs/s); "
+            f"CPU per job: server {cpu / to_load * 1e6:.1f} us, client {own / to_load * 1e6:.1f} us"
+        )
 
         deep = Stretch(q)
         for _ in range(args.stretches):

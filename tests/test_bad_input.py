@@ -272,6 +272,8 @@ def test_cli_unicode_params_round_trip(vqueue: Queue, cli: CLI, tmp_path: Path) 
 nested: Any = []
 for _ in range(50_000):
     nested = [nested]
+circular: dict[str, Any] = {}
+circular["self"] = [circular]
 
 #: (call on the queue, exception type, text the message must contain)
 API_CASES = [
@@ -290,6 +292,7 @@ API_CASES = [
     pytest.param(lambda q: q.push(T, {"x": -math.inf}), ValueError, "not JSON", id="params-inf"),
     pytest.param(lambda q: q.push(T, {"x": "\ud800"}), ValueError, None, id="params-lone-surrogate"),
     pytest.param(lambda q: q.push(T, {"x": nested}), ValueError, "nested too deeply", id="params-too-deep"),
+    pytest.param(lambda q: q.push(T, {"x": circular}), ValueError, "circular", id="params-circular"),
     pytest.param(lambda q: q.push(T, {"x": "a" * MiB}), UsageError, "the limit is 1048576", id="params-over-1MiB"),
     pytest.param(lambda q: q.push_many(T, [{}, {}, [1]]), TypeError, "JSON object", id="push-many-one-bad"),
     pytest.param(lambda q: q.push_many(T, [{}, {"x": "a" * MiB}]), UsageError, "limit", id="push-many-one-too-big"),

@@ -260,3 +260,26 @@ def test_queue_without_url_starts_the_embedded_server(
     finally:
         q2.close()
     assert len(_server_pids(home)) == 1
+
+
+def test_the_server_gets_a_deep_malloc_cache(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk push frees tens of thousands of small objects per script call; the server
+    runs with glibc's per-thread cache raised for them, next to the user's own tunables.
+    (The server overwrites its /proc environ with its title: a wrapper records it.)"""
+    real, seen = server.binary(), tmp_path / "env"
+    wrapper = tmp_path / "valkey-server"
+    wrapper.write_text(f'#!/bin/sh\nprintenv GLIBC_TUNABLES > "{seen}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(server, "binary", lambda: wrapper)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    with redis.Redis.from_url(server.ensure_running(home)) as client:
+        assert client.ping()
+    assert seen.read_text().strip() == f"glibc.malloc.arena_max=2:{server.MALLOC_TUNABLE}"
+
+
+def test_a_users_own_malloc_cache_setting_wins() -> None:
+    env = server.server_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7", "PATH": "/bin"})
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7", "PATH": "/bin"}
+    assert server.server_env({})["GLIBC_TUNABLES"] == server.MALLOC_TUNABLE

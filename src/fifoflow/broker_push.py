@@ -9,6 +9,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from itertools import repeat
 from typing import Any
 
 import redis
@@ -189,7 +190,8 @@ class Producing:
                 reply[i + 3],
             )
             rank, suffix = int(first[:14], 16), first[14:]
-            out += [Pushed(f"{r:014x}{suffix}", new, status) for r in range(rank, rank + count)]
+            ids = [f"{r:014x}{suffix}" for r in range(rank, rank + count)]
+            out += map(Pushed, ids, repeat(new), repeat(status))
         return out
 
     def list_tail(self, queue: str, source: str, n: int) -> list[bytes]:

@@ -75,7 +75,7 @@ class PushSpec:
         ]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: a bulk push makes one per job, and frozen costs 60 %
 class Pushed:
     id: str
     new: bool  # False: an active job with the same key was returned instead

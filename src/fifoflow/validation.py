@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, overload
 
 from . import keys
@@ -68,6 +68,21 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
+def _one_encoder() -> Callable[[object], str]:
+    """``_JSON.encode`` without its per-call set-up (a C encoder and a cycle-marker dict
+    per call: half the time of encoding a small object). Without markers a cycle is a
+    RecursionError, which ``encode_params`` reports as nesting too deep."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the _json accelerator
+        return _JSON.encode
+    encode = make(None, _JSON.default, json.encoder.encode_basestring, None, ":", ",",
+                  False, False, False)  # fmt: skip
+    return lambda obj: "".join(encode(obj, 0))
+
+
+_encode = _one_encoder()
+
+
 def validate_tags(tags: object) -> tuple[str, ...]:
     """A job's tags: up to 20 labels of 1-100 printable characters (Prefect shows them on
     the job's child flow runs). Duplicates are dropped, the order kept."""
@@ -92,14 +107,14 @@ def encode_params(params: object, max_bytes: int) -> str:
     if not _STR.issuperset(map(type, params)) and not all(isinstance(k, str) for k in params):
         raise TypeError("params keys must be strings (they become keyword arguments)")
     try:
-        text = _JSON.encode(params)
+        text = _encode(params)
         size = len(text) if text.isascii() else len(text.encode())
     except UnicodeEncodeError:
         raise ValueError("params are not valid text (they hold a lone surrogate)") from None
     except (TypeError, ValueError) as e:
         raise type(e)(f"params are not JSON: {e}") from None
     except RecursionError:
-        raise ValueError("params are not JSON: nested too deeply") from None
+        raise ValueError("params are not JSON: nested too deeply (or circular)") from None
     _check_keys(params)
     if size > max_bytes:
         raise UsageError(f"params are {size} bytes of JSON; the limit is {max_bytes}")
