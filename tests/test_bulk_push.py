@@ -105,12 +105,14 @@ def test_an_abandoned_staged_push_stays_invisible_and_is_cleaned_up(queue: Queue
     assert queue.client.zcard(staging) == 0
 
 
-def test_a_queued_job_stores_no_creation_time_and_still_reports_it(queue: Queue) -> None:
+def test_a_queued_job_stores_no_creation_time_or_status_yet_reports_them(queue: Queue) -> None:
     t0 = time.time()
     jobs = queue.push_many(T, [{"x": i} for i in range(3)])
     t1 = time.time()
     raw = queue.client.hgetall(keys.job(queue.name, jobs[0].id))
-    assert not {Field.CREATED_AT, Field.ATTEMPTS, Field.PRIORITY} & set(raw)  # defaults
+    assert not {Field.CREATED_AT, Field.ATTEMPTS, Field.PRIORITY, Field.STATUS} & set(raw)
+    assert jobs[0].status == "queued" and jobs[0].cancel() and jobs[0].status == "cancelled"
+    jobs = jobs[1:]
     created = [j.to_dict()["created_at"] for j in jobs]
     assert created == sorted(created) and t0 - 1 <= created[0] <= t1 + 1  # the rank's time
     assert jobs[0].to_dict()["attempts"] == 0

@@ -20,15 +20,18 @@ local function fmt_time(t)
   return string.format('%.6f', t)
 end
 
--- Job fields whose default value a record leaves out (write_job): read() fills it in.
-local DEFAULTS = {[F.pool] = V.default_pool, [F.retries] = V.default_retries}
+-- Job fields whose default value a record leaves out (write_job): read() fills it in. A
+-- job's status is left out while it is the first one, queued.
+local DEFAULTS = {[F.pool] = V.default_pool, [F.retries] = V.default_retries,
+  [F.status] = S.queued}
 
 -- The named fields of a job's hash as a table: read(jk, F.status, F.pool).pool. A field
--- not there is false, or its default (DEFAULTS) if the record exists (it has a status).
+-- not there is false, or its default (DEFAULTS) if the record exists (every record has
+-- its params, from write_job on).
 local function read(key, ...)
   local names = {...}
   local n = #names
-  names[n + 1] = F.status
+  names[n + 1] = F.params
   local values = redis.call('HMGET', key, unpack(names))
   local exists = values[n + 1] ~= false
   local out = {}
@@ -506,7 +509,7 @@ end
 local function holder(P, key)
   local id = redis.call('HGET', P .. K.keys, key)
   if not id then return nil end
-  local st = redis.call('HGET', job_key(P, id), F.status)
+  local st = read(job_key(P, id), F.status).status
   if st == S.queued or st == S.delayed or st == S.running or st == S.waiting then return id end
   return nil
 end
@@ -590,14 +593,14 @@ end
 
 -- The job's hash, not yet in any set: one HSET of the fields it needs. Its creation time
 -- is its rank (created_of), attempts is 0 until a claim counts one, and a default priority
--- (0), pool or retries (DEFAULTS) is not stored (read() and job_record fill them in), which
+-- (0), pool, retries or status (queued; DEFAULTS) is not stored (read() and job_record fill them in), which
 -- keeps a queued job small (docs/benchmarks.md, "Scale").
 local function write_job(P, id, spec, params, key)
   local jk = job_key(P, id)
   if spec.plain then  -- all three at their defaults (push_spec)
-    redis.call('HSET', jk, F.target, spec.target, F.params, params, F.status, S.queued)
+    redis.call('HSET', jk, F.target, spec.target, F.params, params)
   else
-    local fields = {F.target, spec.target, F.params, params, F.status, S.queued}
+    local fields = {F.target, spec.target, F.params, params}
     for _, f in ipairs({{F.priority, spec.priority, '0'}, {F.pool, spec.pool, DEFAULTS[F.pool]},
         {F.retries, spec.retries, DEFAULTS[F.retries]}}) do
       if f[2] ~= f[3] then

@@ -80,7 +80,7 @@ if runs then  -- every staged job is new: the reply's runs are the staged ones
 else
   for j, id in ipairs(final) do
     add_run(reply, id, new[j] and '1' or '0',
-      new[j] and status or (redis.call('HGET', job_key(P, id), F.status) or status))
+      new[j] and status or (read(job_key(P, id), F.status).status or status))
   end
 end
 return remember(P, push_id, flat_runs(reply))

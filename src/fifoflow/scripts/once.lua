@@ -87,7 +87,7 @@ for _, e in ipairs(entries) do
   out[#out + 1] = id
   out[#out + 1] = e.new and '1' or '0'
   out[#out + 1] = e.new and status or
-    (id ~= '' and redis.call('HGET', job_key(P, id), F.status) or '')
+    (id ~= '' and read(job_key(P, id), F.status).status or '')
   last_id = id
 end
 

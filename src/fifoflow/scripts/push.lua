@@ -67,6 +67,6 @@ local runs = {'OK'}
 for _, e in ipairs(entries) do
   local id = e.id or ids[e.slot]
   add_run(runs, id, e.new and '1' or '0',
-    e.id and (redis.call('HGET', job_key(P, id), F.status) or S.queued) or status)
+    e.id and (read(job_key(P, id), F.status).status or S.queued) or status)
 end
 return remember(P, nonce, flat_runs(runs))
