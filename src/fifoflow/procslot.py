@@ -158,7 +158,8 @@ class ProcessRunner:
         return self._conn
 
     def run(self, job: Claimed, cancel: threading.Event | None = None) -> Outcome:
-        """The attempt's outcome; the child is killed if it overruns ``job.timeout``."""
+        """The attempt's outcome; the child is killed if it overruns ``job.timeout``
+        (counted, in Prefect mode, from when its child run exists)."""
         try:
             check_allowed(job.target, self._modules)
         except TargetNotAllowed as e:
@@ -183,6 +184,10 @@ class ProcessRunner:
                 if "note" not in reply:
                     break
                 notes.update(reply["note"])
+                if "flow_run_id" in reply["note"] and job.timeout is not None:
+                    # its set-up is done (a Prefect child run exists): the job's own time
+                    # starts now, however long a loaded machine took to get here
+                    deadline = time.monotonic() + job.timeout
                 if self.on_note is not None:
                     self.on_note(job, dict(reply["note"]), cancel)
             self._busy = False

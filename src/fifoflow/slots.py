@@ -37,6 +37,19 @@ log = logging.getLogger("fifoflow.worker")
 #: Seconds a job waits in line when its abandoned attempt still runs in this process.
 BUSY_ELSEWHERE_DELAY = 1.0
 
+#: The running attempt's clock start, per slot thread (see ``timeout_starts_now``).
+_attempt = threading.local()
+
+
+def timeout_starts_now() -> None:
+    """The running attempt's timeout counts from now. A worker whose ``call`` has a set-up
+    (``Worker.call_starts_clock``: a Prefect child run to create) calls it, in the slot
+    thread, when the set-up ends, so a set-up slowed by load never eats the job's own
+    time. Outside a slot thread it does nothing."""
+    start: Callable[[], None] | None = getattr(_attempt, "start_clock", None)
+    if start is not None:
+        start()
+
 
 class Runner(Protocol):
     #: True if the runner stops an attempt at its timeout itself (a process can be killed).
@@ -167,13 +180,18 @@ class Slots:
                 job = None
             else:
                 run = Run(job, time.monotonic(), None)
-                if job.timeout and not slot.runner.enforces_timeout:
-                    run.deadline = run.started + job.timeout
+                timed = bool(job.timeout) and not slot.runner.enforces_timeout
+                if timed and not w.call_starts_clock:
+                    run.deadline = run.started + (job.timeout or 0.0)
                 with self.lock:
                     slot.run = run
                 if run.deadline is not None:
                     w.monitor.wake()
-                outcome = slot.runner.run(job, run.cancel)
+                _attempt.start_clock = (lambda run=run: self._start_clock(run)) if timed else None
+                try:
+                    outcome = slot.runner.run(job, run.cancel)
+                finally:
+                    _attempt.start_clock = None
                 with self.lock:
                     if run.abandoned or slot.generation != gen:
                         return  # the monitor reported its timeout and replaced this thread
@@ -270,6 +288,13 @@ class Slots:
                 else None
                 for s in self.slots
             ]
+
+    def _start_clock(self, run: Run) -> None:
+        with self.lock:
+            if run.abandoned or not run.job.timeout:
+                return
+            run.deadline = time.monotonic() + run.job.timeout
+        self.w.monitor.wake()
 
     def overdue(self, now: float) -> tuple[list[tuple[Slot, Run]], list[float]]:
         """Attempts past their deadline (marked abandoned), and the deadlines still ahead."""

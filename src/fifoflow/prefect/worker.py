@@ -44,7 +44,7 @@ from ..execution import Cancelled as JobCancelled
 from ..execution import JobInfo, run_as
 from ..procslot import Setup
 from ..records import Claimed, Outcome
-from ..slots import Runner
+from ..slots import Runner, timeout_starts_now
 from ..worker import Worker
 from .attempts import Attempts, child_tags
 from .cancels import PrefectCancelWatch
@@ -83,6 +83,8 @@ class PrefectWorker(Worker):
     summary_rows: int = 1000
     #: Seconds between re-publications of the summary while the worker runs (and at the end).
     summary_interval: float = 60.0
+    #: A thread slot's timeout starts once the child run exists (``_run_child``).
+    call_starts_clock = True
 
     def __init__(
         self,
@@ -301,9 +303,11 @@ class PrefectWorker(Worker):
         if client is None or attempts is None:  # pragma: no cover - set by run()
             raise RuntimeError("the dispatcher has no API client")
         if self._deployment is not None:
+            timeout_starts_now()  # the run's own waits (start timeout, job timeout) follow
             return self._deployment.run(client, job, params, extra)
         started = time.monotonic()
         child = attempts.create(job, fn, params)
+        timeout_starts_now()  # the job's own time starts with its child run
         run_id = child.run_id
         extra["flow_run_id"] = run_id
         with self._active_lock:
