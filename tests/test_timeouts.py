@@ -9,8 +9,7 @@ import time
 from typing import Any
 
 from fifoflow import Queue, Worker
-from fifoflow.execution import direct_call
-from fifoflow.slots import timeout_starts_now
+from fifoflow.execution import direct_call, timeout_starts_now
 
 SETUP = 1.5  # seconds of set-up, longer than the jobs' timeout
 TIMEOUT = 1.0

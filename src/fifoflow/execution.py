@@ -1,8 +1,9 @@
 """One execution path for every kind of slot: resolve the allow-listed target, bind its
 params, call it, encode its result, and turn whatever happened into an ``Outcome``.
 
-Thread slots call ``execute`` in the slot thread, process slots in their child process,
-and Prefect mode passes a ``call`` that runs the function as a child flow run. What went
+Thread slots call ``execute`` in the slot thread (``ThreadRunner``), process slots in their
+child process, and Prefect mode passes a ``call`` that runs the function as a child flow
+run (and starts the slot's timeout clock once the run exists: ``timeout_starts_now``). What went
 wrong decides the outcome: an error that no retry can mend (a target outside the allowed
 modules, one that does not exist, params that do not fit its signature, ``NoRetry`` or a
 type the target declared with ``no_retry``) is ``dead`` at once; anything else, even
@@ -20,7 +21,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .allowlist import Resolver, TargetNotAllowed, TargetNotFound
 from .errors import NoRetry
@@ -243,3 +244,52 @@ def execute(
         return Outcome(kind, one_line(e), tb, extra)
     finally:
         _current.reset(token)
+
+
+#: The running attempt's clock start, per slot thread (see ``timeout_starts_now``).
+attempt_clock = threading.local()
+
+
+def timeout_starts_now() -> None:
+    """The running attempt's timeout counts from now. A worker whose ``call`` has a set-up
+    (``Worker.call_starts_clock``: a Prefect child run to create) calls it, in the slot
+    thread, when the set-up ends, so a set-up slowed by load never eats the job's own
+    time. Outside a slot thread it does nothing."""
+    start: Callable[[], None] | None = getattr(attempt_clock, "start", None)
+    if start is not None:
+        start()
+
+
+class Runner(Protocol):
+    """How a slot runs an attempt: ``ThreadRunner`` here, ``procslot.ProcessRunner``."""
+
+    #: True if the runner stops an attempt at its timeout itself (a process can be killed).
+    enforces_timeout: bool
+
+    def run(self, job: Claimed, cancel: threading.Event) -> Outcome: ...
+    def stop(self) -> None: ...  # a cancel: stop the attempt now if the runner can
+    def kill(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class ThreadRunner:
+    """Runs a job in the slot thread itself."""
+
+    enforces_timeout = False
+
+    def __init__(
+        self, resolver: Resolver, call: Call = direct_call, url: str | None = None
+    ) -> None:
+        self.resolver, self.call, self.url = resolver, call, url
+
+    def run(self, job: Claimed, cancel: threading.Event) -> Outcome:
+        return execute(job, self.resolver, self.call, self.url, cancel)
+
+    def stop(self) -> None:  # cooperative: the target sees current_job().cancelled
+        pass
+
+    def kill(self) -> None:  # a thread cannot be killed; the monitor abandons it
+        pass
+
+    def close(self) -> None:
+        pass

@@ -21,10 +21,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from .allowlist import Resolver
-from .execution import Call, direct_call, execute
+from .execution import Runner, attempt_clock
 from .records import FINAL, Claimed, Completion, Outcome, attempt_line
 from .resilience import supervised
 from .topology import Lane
@@ -36,52 +35,6 @@ log = logging.getLogger("fifoflow.worker")
 
 #: Seconds a job waits in line when its abandoned attempt still runs in this process.
 BUSY_ELSEWHERE_DELAY = 1.0
-
-#: The running attempt's clock start, per slot thread (see ``timeout_starts_now``).
-_attempt = threading.local()
-
-
-def timeout_starts_now() -> None:
-    """The running attempt's timeout counts from now. A worker whose ``call`` has a set-up
-    (``Worker.call_starts_clock``: a Prefect child run to create) calls it, in the slot
-    thread, when the set-up ends, so a set-up slowed by load never eats the job's own
-    time. Outside a slot thread it does nothing."""
-    start: Callable[[], None] | None = getattr(_attempt, "start_clock", None)
-    if start is not None:
-        start()
-
-
-class Runner(Protocol):
-    #: True if the runner stops an attempt at its timeout itself (a process can be killed).
-    enforces_timeout: bool
-
-    def run(self, job: Claimed, cancel: threading.Event) -> Outcome: ...
-    def stop(self) -> None: ...  # a cancel: stop the attempt now if the runner can
-    def kill(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class ThreadRunner:
-    """Runs a job in the slot thread itself."""
-
-    enforces_timeout = False
-
-    def __init__(
-        self, resolver: Resolver, call: Call = direct_call, url: str | None = None
-    ) -> None:
-        self.resolver, self.call, self.url = resolver, call, url
-
-    def run(self, job: Claimed, cancel: threading.Event) -> Outcome:
-        return execute(job, self.resolver, self.call, self.url, cancel)
-
-    def stop(self) -> None:  # cooperative: the target sees current_job().cancelled
-        pass
-
-    def kill(self) -> None:  # a thread cannot be killed; the monitor abandons it
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(slots=True)
@@ -187,11 +140,11 @@ class Slots:
                     slot.run = run
                 if run.deadline is not None:
                     w.monitor.wake()
-                _attempt.start_clock = (lambda run=run: self._start_clock(run)) if timed else None
+                attempt_clock.start = (lambda run=run: self._start_clock(run)) if timed else None
                 try:
                     outcome = slot.runner.run(job, run.cancel)
                 finally:
-                    _attempt.start_clock = None
+                    attempt_clock.start = None
                 with self.lock:
                     if run.abandoned or slot.generation != gen:
                         return  # the monitor reported its timeout and replaced this thread

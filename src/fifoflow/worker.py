@@ -31,14 +31,14 @@ from .broker import Broker
 from .deathwatch import CancelWatch, DeathWatch
 from .dispatcher import Dispatcher
 from .errors import UsageError
-from .execution import Call, direct_call
+from .execution import Call, Runner, ThreadRunner, direct_call
 from .monitor import MetricsEndpoint, Monitor
 from .procslot import ProcessRunner, Setup
 from .records import Claimed, ClaimRequest, Outcome, nonce
 from .resilience import Health, Retrier, Stopping, supervised
 from .resources import Capacity, check_capacity
 from .settings import Settings, get_settings
-from .slots import Runner, Slots, ThreadRunner
+from .slots import Slots
 from .validation import validate_module, validate_name
 
 log = logging.getLogger("fifoflow.worker")

@@ -26,7 +26,7 @@ from .events import FINAL
 from .procchild import FACTORY
 
 if TYPE_CHECKING:
-    from ..slots import Runner
+    from ..execution import Runner
 
 if TYPE_CHECKING:
     from .worker import PrefectWorker

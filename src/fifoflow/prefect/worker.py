@@ -41,10 +41,9 @@ from prefect.states import Cancelled, Cancelling, Crashed
 
 from ..allowlist import Resolver
 from ..execution import Cancelled as JobCancelled
-from ..execution import JobInfo, run_as
+from ..execution import JobInfo, Runner, run_as, timeout_starts_now
 from ..procslot import Setup
 from ..records import Claimed, Outcome
-from ..slots import Runner, timeout_starts_now
 from ..worker import Worker
 from .attempts import Attempts, child_tags
 from .cancels import PrefectCancelWatch
@@ -79,12 +78,9 @@ class PrefectWorker(Worker):
     #: runs of deployments, and in Prefect 3.8/3.9 each run with heartbeats spends up to a
     #: second joining its heartbeat thread when it ends. The dispatcher keeps its own.
     child_heartbeats: bool = False
-    #: Jobs kept in the summary artifact (the most recent ones).
-    summary_rows: int = 1000
-    #: Seconds between re-publications of the summary while the worker runs (and at the end).
-    summary_interval: float = 60.0
-    #: A thread slot's timeout starts once the child run exists (``_run_child``).
-    call_starts_clock = True
+    summary_rows: int = 1000  # jobs kept in the summary artifact (the most recent ones)
+    summary_interval: float = 60.0  # seconds between re-publications of the summary
+    call_starts_clock = True  # a thread slot's timeout starts once the child run exists
 
     def __init__(
         self,

@@ -583,18 +583,19 @@ end
 
 -- The ids of runs, in order.
 local function ids_of(runs)
-  local ids = {}
+  local ids, n = {}, 0
   for _, run in ipairs(runs) do
     local rank, suffix = rank_of(run[1]), string.sub(run[1], 15)
-    for k = 0, run[2] - 1 do ids[#ids + 1] = string.format('%014x%s', rank + k, suffix) end
+    for k = 0, run[2] - 1 do ids[n + k + 1] = string.format('%014x%s', rank + k, suffix) end
+    n = n + run[2]
   end
   return ids
 end
 
 -- The job's hash, not yet in any set: one HSET of the fields it needs. Its creation time
 -- is its rank (created_of), attempts is 0 until a claim counts one, and a default priority
--- (0), pool, retries or status (queued; DEFAULTS) is not stored (read() and job_record fill them in), which
--- keeps a queued job small (docs/benchmarks.md, "Scale").
+-- (0), pool, retries or status (queued; DEFAULTS) is not stored (read() and job_record
+-- fill them in), which keeps a queued job small (docs/benchmarks.md, "Scale").
 local function write_job(P, id, spec, params, key)
   local jk = job_key(P, id)
   if spec.plain then  -- all three at their defaults (push_spec)
@@ -690,9 +691,9 @@ local function publish(P, ids, keys_by_id, spec, now, fate, state, ttl, runs)
   end
   local score = string.format('%d', -tonumber(spec.priority))  -- text: no conversion a job
   local by_score = {}
-  for _, id in ipairs(ids) do
-    by_score[#by_score + 1] = score
-    by_score[#by_score + 1] = id
+  for j, id in ipairs(ids) do
+    by_score[2 * j - 1] = score
+    by_score[2 * j] = id
   end
   zadd_pairs(P .. K.ready .. spec.pool, by_score)
   local list = P .. K.wake .. spec.pool

@@ -37,20 +37,24 @@ end
 
 local state, unknown = parents_state(spec)
 
--- De-duplication, as push.lua does it; a staged job that loses is deleted.
-local final, new, keys_by_id, by_key = {}, {}, {}, {}
-local visible = {}
-for j, id in ipairs(staged) do
-  local key = keyed and redis.call('HGET', job_key(P, id), F.key) or false
-  local winner = key and (by_key[key] or holder(P, key))
-  if winner then
-    final[j], new[j] = winner, false
-  else
-    final[j], new[j] = id, true
-    visible[#visible + 1] = id
-    if key then
-      by_key[key] = id
-      keys_by_id[id] = key
+-- De-duplication, as push.lua does it; a staged job that loses is deleted. Without keys
+-- every staged job is new and visible (no per-job pass: a push may hold a million).
+local final, new, keys_by_id, visible = staged, nil, {}, staged
+if keyed then
+  final, new, visible = {}, {}, {}
+  local by_key = {}
+  for j, id in ipairs(staged) do
+    local key = redis.call('HGET', job_key(P, id), F.key)
+    local winner = key and (by_key[key] or holder(P, key))
+    if winner then
+      final[j], new[j] = winner, false
+    else
+      final[j], new[j] = id, true
+      visible[#visible + 1] = id
+      if key then
+        by_key[key] = id
+        keys_by_id[id] = key
+      end
     end
   end
 end
@@ -67,8 +71,10 @@ if full then
 end
 
 local losers = {}
-for j, id in ipairs(staged) do
-  if not new[j] then losers[#losers + 1] = id end
+if keyed then
+  for j, id in ipairs(staged) do
+    if not new[j] then losers[#losers + 1] = id end
+  end
 end
 drop(losers)
 local fate = attach(P, visible, spec, state, now)
