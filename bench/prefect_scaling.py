@@ -16,7 +16,9 @@ load (cores busy, from ``/proc/stat`` during each run) is printed alongside, bec
 is meant for small shared machines where other work competes for the same cores.
 
 Without ``--api``, a ``prefect server start`` (SQLite, a temporary PREFECT_HOME, a free
-loopback port) is started for the run and stopped by pid at the end. Not a test.
+loopback port) is started for the run and stopped by pid at the end; with ``--database
+postgresql+asyncpg://...`` it uses that database instead, and ``--server-workers N`` runs
+N server processes (Prefect allows more than one only on PostgreSQL). Not a test.
 """
 
 from __future__ import annotations
@@ -129,15 +131,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    home: Path, database: str | None = None, workers: int = 1
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
+    if database:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [
             *(str(Path(sys.executable).parent / "prefect"), "server", "start"),
             *("--host", "127.0.0.1", "--port", str(port), "--no-ui"),
+            *(("--workers", str(workers)) if workers > 1 else ()),
         ],
         env=env,
         stdout=log,
@@ -201,6 +208,8 @@ def main() -> int:
     p.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--modes", nargs="+", default=["threads", "processes"])
     p.add_argument("--api", help="a running Prefect API [start `prefect server start`]")
+    p.add_argument("--database", help="the started server's database URL [SQLite]")
+    p.add_argument("--server-workers", type=int, default=1, help="its processes [1]")
     p.add_argument("--json", help="also write the raw results to this file")
     p.add_argument("--no-events", action="store_true", help="PrefectWorker(events=False)")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -232,7 +241,7 @@ def main() -> int:
         if args.api:
             api = args.api
         else:
-            server_proc, api = start_server(tmp)
+            server_proc, api = start_server(tmp, args.database, args.server_workers)
         print(
             f"{ncpu} cores; {before:.2f} busy before the runs (other work), "
             f"load average {os.getloadavg()[0]:.2f}; API {api}",
