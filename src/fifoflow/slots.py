@@ -133,14 +133,18 @@ class Slots:
                 job = None
             else:
                 run = Run(job, time.monotonic(), None)
-                timed = bool(job.timeout) and not slot.runner.enforces_timeout
-                if timed and not w.call_starts_clock:
-                    run.deadline = run.started + (job.timeout or 0.0)
+                timeout = None if slot.runner.enforces_timeout else job.timeout
+                if timeout and not w.call_starts_clock:
+                    run.deadline = run.started + timeout
                 with self.lock:
                     slot.run = run
                 if run.deadline is not None:
                     w.monitor.wake()
-                attempt_clock.start = (lambda run=run: self._start_clock(run)) if timed else None
+                attempt_clock.start = (
+                    (lambda run=run, timeout=timeout: self._start_clock(run, timeout))
+                    if timeout
+                    else None
+                )
                 try:
                     outcome = slot.runner.run(job, run.cancel)
                 finally:
@@ -242,11 +246,11 @@ class Slots:
                 for s in self.slots
             ]
 
-    def _start_clock(self, run: Run) -> None:
+    def _start_clock(self, run: Run, timeout: float) -> None:
         with self.lock:
-            if run.abandoned or not run.job.timeout:
+            if run.abandoned:
                 return
-            run.deadline = time.monotonic() + run.job.timeout
+            run.deadline = time.monotonic() + timeout
         self.w.monitor.wake()
 
     def overdue(self, now: float) -> tuple[list[tuple[Slot, Run]], list[float]]:

@@ -60,7 +60,7 @@ class Worker:
     #: How each job's function is called (Prefect mode: as a child flow run).
     call: Call = staticmethod(direct_call)
     #: True if ``call`` has a set-up that is not the job's time and starts a thread slot's
-    #: timeout itself when it ends (``slots.timeout_starts_now``).
+    #: timeout itself when it ends (``execution.timeout_starts_now``).
     call_starts_clock = False
 
     def __init__(
