@@ -13,9 +13,11 @@ import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import temporary_settings
 
+from .gate import ApiGate
+
 
 @contextlib.contextmanager
-def api_client() -> Iterator[SyncPrefectClient]:
+def api_client(gate: ApiGate | None = None) -> Iterator[SyncPrefectClient]:
     """A Prefect API client that retries "busy" answers (503) within milliseconds.
 
     A SQLite-backed API (the ephemeral one, or ``prefect server start`` without Postgres)
@@ -23,26 +25,38 @@ def api_client() -> Iterator[SyncPrefectClient]:
     it tries again, which would cost a child that much for a few milliseconds of lock,
     and makes slots that collide more often slower together than one alone. A 503 is
     retried here after 10 ms, 20 ms, ... 0.5 s; anything else, and a 503 that lasts, is
-    handed to Prefect's own retries unchanged (CSRF tokens and all).
+    handed to Prefect's own retries unchanged (CSRF tokens and all). With a ``gate``,
+    each send waits for one of its tokens (``gate``: why).
     """
     with get_client(sync_client=True) as client:
-        yield quick_retry(client)
+        yield quick_retry(client, gate)
 
 
-def quick_retry(client: SyncPrefectClient) -> SyncPrefectClient:
+def quick_retry(client: SyncPrefectClient, gate: ApiGate | None = None) -> SyncPrefectClient:
     """Make ``client`` retry "busy" answers within milliseconds (see ``api_client``); also
     for a client made elsewhere, such as the one Prefect's engine runs flows with (its
-    ``SyncClientContext``). Idempotent."""
+    ``SyncClientContext``). Idempotent: the first call's gate stays."""
     http = getattr(client, "_client", None)
     prefect_retry = getattr(http, "_send_with_retry", None)
     if isinstance(http, httpx.Client) and prefect_retry and not hasattr(http, "_fifoflow_quick"):
-        setattr(http, "_send_with_retry", _quick_first(prefect_retry))  # noqa: B010
+        setattr(http, "_send_with_retry", _quick_first(prefect_retry, gate))  # noqa: B010
         setattr(http, "_fifoflow_quick", True)  # noqa: B010
     return client
 
 
-def _quick_first(prefect_retry: Callable[..., httpx.Response]) -> Callable[..., httpx.Response]:
-    """Prefect's retry loop, with each of its sends retrying a 503 quickly first."""
+def _quick_first(
+    prefect_retry: Callable[..., httpx.Response], gate: ApiGate | None
+) -> Callable[..., httpx.Response]:
+    """Prefect's retry loop, with each of its sends retrying a 503 quickly first, and
+    waiting for a token of ``gate`` while it is sent."""
+
+    def gated(send: Callable[..., httpx.Response], *a: Any, **k: Any) -> httpx.Response:
+        if gate is None:
+            return send(*a, **k)
+        with gate.request():
+            response = send(*a, **k)
+        gate.answered(response.status_code)
+        return response
 
     def send_with_retry(
         request: httpx.Request,
@@ -55,13 +69,13 @@ def _quick_first(prefect_retry: Callable[..., httpx.Response]) -> Callable[..., 
         def quick(req: httpx.Request, *a: Any, **k: Any) -> httpx.Response:
             delay = 0.01
             for _ in range(8):
-                response = send(req, *a, **k)
+                response = gated(send, req, *a, **k)
                 if response.status_code != 503:
                     return response
                 response.close()
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 0.5)
-            return send(req, *a, **k)
+            return gated(send, req, *a, **k)
 
         return prefect_retry(request, quick, send_args, send_kwargs, *args, **kwargs)
 

@@ -89,6 +89,7 @@ def process_setup(w: PrefectWorker) -> Setup:
         "run_name": template.template if template else None,
         "heartbeats": w.child_heartbeats,
         "events": w.events,
+        "gate": None if w.gate is None else [str(w.gate.directory), w.gate.ceiling],
     }
     return FACTORY, json.dumps(config)
 

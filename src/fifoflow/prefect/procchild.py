@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+from pathlib import Path
 from typing import Any
 
 from ..execution import Call, JobInfo
@@ -35,12 +36,17 @@ def make_call(config: dict[str, Any]) -> Call:
 
     from .attempts import Attempts
     from .client import quick_retry
+    from .gate import ApiGate
     from .runname import RunName
 
     stack = contextlib.ExitStack()
     if not config.get("heartbeats"):
         stack.enter_context(temporary_settings(updates={"flows.heartbeat_frequency": None}))
-    client = quick_retry(stack.enter_context(SyncClientContext.get_or_create()).client)
+    gate = None
+    if config.get("gate"):
+        with contextlib.suppress(OSError):  # unusable: ungated, as the dispatcher said
+            gate = ApiGate(Path(config["gate"][0]), int(config["gate"][1]))
+    client = quick_retry(stack.enter_context(SyncClientContext.get_or_create()).client, gate)
     template = config.get("run_name")
     attempts = Attempts(
         client,

@@ -49,6 +49,7 @@ from .attempts import Attempts, child_tags
 from .cancels import PrefectCancelWatch
 from .client import api_client, patient_startup, quick_retry
 from .deployment import START_TIMEOUT, DeploymentRuns
+from .gate import ApiGate
 from .hooks import emit_final, note_attempt, stop_process_run, watch_runs
 from .hooks import process_setup as child_setup
 from .runname import RunName
@@ -108,6 +109,7 @@ class PrefectWorker(Worker):
             self.name, list(self.queues), self.summary_rows, self.summary_interval
         )
         self._api: SyncPrefectClient | None = None
+        self.gate: ApiGate | None = None  # how many requests go to the API at once
         self._active: dict[str, JobInfo] = {}  # child flow run id -> its job, while it runs
         self._active_lock = threading.Lock()
         #: The dispatcher's flow run id, once ``run`` has entered it.
@@ -173,18 +175,16 @@ class PrefectWorker(Worker):
             raise RuntimeError("the dispatcher flow has no flow run context")
         self.flow_run_id = str(ctx.flow_run.id)
         self.dispatch_started = time.monotonic()
-        settings = (
-            contextlib.nullcontext()
-            if self.child_heartbeats
-            else temporary_settings(updates={"flows.heartbeat_frequency": None})
-        )
-        with settings:
+        beats = None if self.child_heartbeats else {"flows.heartbeat_frequency": None}
+        with temporary_settings(updates=beats):
             self._parent_ctx = contextvars.copy_context()
         # One client (and pool) for all: the one the engine runs children with (copied context).
         engine = SyncClientContext.get()
         own = api_client() if engine is None else contextlib.nullcontext(engine.client)
         with own as client:
-            self._api = quick_retry(client)
+            slots = self.concurrency + 1  # and the dispatcher's own requests
+            self.gate = ApiGate.for_api(self.settings.home, str(client.api_url), slots)
+            self._api = quick_retry(client, self.gate)
             self._attempts = Attempts(
                 self._api, self.flow_run_id, self.name, self.run_name_template, self.events
             )
@@ -199,9 +199,7 @@ class PrefectWorker(Worker):
         """Children still running when the worker is done were abandoned (a timeout, or the
         grace period ran out and their jobs went back in line): say so on their runs, which
         would otherwise show Running for ever."""
-        with self._active_lock:
-            abandoned = dict(self._active)
-        for run_id, job in abandoned.items():
+        for run_id, job in self.active_children().items():
             job_id = job.id
             self._summary.mark(job_id, run_id, "Crashed")
             message = (
