@@ -174,6 +174,12 @@ def test_each_job_is_a_child_flow_run_of_the_dispatcher(
     assert "flow failed n=4" in records["fails"]["error"]
     assert records["badparams"]["flow_run_id"] is None  # refused before any run existed
 
+    # Every request went through the worker's gate (its lock-file tokens exist), whose
+    # limit stayed between 1 and the slots plus the dispatcher's own.
+    gate = worker.gate
+    assert gate is not None and sorted(gate.directory.glob("token-*"))
+    assert 1 <= gate.limit <= 4
+
     # The dispatcher: one flow run, named after the queue and pools, Completed.
     dispatcher = client.read_flow_run(worker.flow_run_id)
     assert dispatcher.name == f"fifoflow-dispatcher/{q.name}[default]"
