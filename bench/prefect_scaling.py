@@ -84,6 +84,8 @@ def measure(slots: int, mode: str, n: int, url: str) -> dict[str, Any]:
         "failed": len(bad),
         "jobs": len(records),
         "worker_cpu_ms": 1000 * cpu / max(len(records), 1),
+        # "database is busy" answers to the dispatcher's requests (thread slots' children)
+        "busy": getattr(getattr(worker, "gate", None), "busy", None),
     }
 
 
@@ -258,6 +260,7 @@ def main() -> int:
                         f"{r['rate']:.2f}/s busy {r['busy_cores']:.2f} load {r['load1']:.2f}"
                         f" cpu/child worker {r['worker_cpu_ms']:.0f} ms"
                         f" server {r.get('server_cpu_ms', float('nan')):.0f} ms"
+                        f" busy answers {r.get('busy')}"
                         if "rate" in r
                         else r.get("refused") or r.get("error", "")[-300:]
                     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fifoflow.prefect.gate import GROW_AFTER, ApiGate
+from fifoflow.prefect.gate import GROW_AFTER, GROW_AFTER_MAX, ApiGate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,11 +33,36 @@ def test_a_busy_answer_halves_the_limit_and_a_calm_run_grows_it(tmp_path: Path) 
     gate.answered(201)
     assert gate.limit == 2
     gate.answered(200)
-    gate.answered(503)  # a busy answer starts the calm run over
+    gate.answered(503)  # the growth failed: back to 1, and the next probe waits twice as long
+    assert gate.limit == 1
+    for _ in range(2 * GROW_AFTER - 1):
+        gate.answered(200)
+    assert gate.limit == 1
+    gate.answered(200)
+    assert gate.limit == 2
+    for _ in range(GROW_AFTER):  # this growth held: the next ones come every GROW_AFTER
+        gate.answered(200)
+    assert gate.limit == 3
     for _ in range(GROW_AFTER * 20):
         gate.answered(200)
     assert gate.limit == 8  # up to the ceiling, not past it
     assert gate.busy == 5
+
+
+def test_failed_probes_space_out_the_next_ones_up_to_a_bound(tmp_path: Path) -> None:
+    gate = ApiGate(tmp_path, ceiling=4)
+    for _ in range(3):
+        gate.answered(503)
+    waits = []
+    for _ in range(8):  # each probe collides at once, as on a SQLite server
+        calm = 0
+        while gate.limit == 1:
+            gate.answered(200)
+            calm += 1
+        waits.append(calm)
+        gate.answered(503)
+    assert waits == [32, 64, 128, 256, 512, 1024, 1024, 1024]
+    assert GROW_AFTER == 32 and GROW_AFTER_MAX == 1024
 
 
 def test_the_gate_lets_through_no_more_requests_than_its_limit(tmp_path: Path) -> None:

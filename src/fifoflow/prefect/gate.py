@@ -9,7 +9,8 @@ x0.53 the children/s of 1 slot; one request at a time gave x0.97 and x1.10, with
 Two at a time collided as often as no limit (113 at 4 slots).
 
 So the limit learns, as TCP's window does: it starts at the number of slots, halves on a
-503 and grows by one after ``GROW_AFTER`` answers in a row without one. A server that
+503 and grows by one after ``GROW_AFTER`` answers in a row without one (longer after
+growths that failed). A server that
 takes concurrent writes (PostgreSQL) never answers "busy" and keeps every slot's request
 going at once; a SQLite one settles at one. The limit is shared by all processes
 using the gate (its ``limit`` file).
@@ -33,8 +34,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Answers in a row without a 503 before the limit grows by one.
+#: Answers in a row without a 503 before the limit grows by one (at least; see ``answered``).
 GROW_AFTER = 32
+GROW_AFTER_MAX = 1024
 
 
 class ApiGate:
@@ -48,6 +50,8 @@ class ApiGate:
         self.directory = directory
         self.ceiling = max(1, ceiling)
         self._calm = 0  # answers in a row without a 503
+        self._grow_after = GROW_AFTER  # the calm run the next growth takes
+        self._probing = False  # the limit grew and has not yet held for GROW_AFTER answers
         self.busy = 0  # 503 answers seen
         self._lock = threading.Lock()
         self._turn = itertools.count()  # which taken token the next waiter lines up for
@@ -88,19 +92,28 @@ class ApiGate:
             os.close(fd)  # closing the file gives its lock back
 
     def answered(self, status: int) -> None:
-        """Learn from one answer: a 503 halves the limit; a calm run grows it by one."""
+        """Learn from one answer: a 503 halves the limit; a calm run grows it by one. A
+        503 soon after a growth (a failed probe) doubles the calm run the next one takes,
+        up to ``GROW_AFTER_MAX``: a SQLite server then collides rarely, while a server
+        that was busy for a moment gets its limit back quickly."""
         with self._lock:
             if status == 503:
                 self.busy += 1
                 self._calm = 0
+                if self._probing:
+                    self._probing = False
+                    self._grow_after = min(2 * self._grow_after, GROW_AFTER_MAX)
                 self._update(lambda limit: max(1, limit // 2))
                 return
             self._calm += 1
-            if self._calm >= GROW_AFTER:
+            if self._probing and self._calm >= GROW_AFTER:
+                self._probing, self._grow_after = False, GROW_AFTER  # the growth held
+            if self._calm >= self._grow_after:
                 self._calm = 0
-                self._update(lambda limit: min(self.ceiling, limit + 1))
+                self._probing = self._update(lambda limit: min(self.ceiling, limit + 1))
 
-    def _update(self, change: Callable[[int], int]) -> None:
+    def _update(self, change: Callable[[int], int]) -> bool:
+        """Change the shared limit; whether it changed."""
         fd = os.open(self.directory / "limit", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # one process at a time reads and writes it
@@ -110,6 +123,7 @@ class ApiGate:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(after).encode(), 0)
                 log.debug("Prefect API gate %s: %d -> %d", self.directory.name, before, after)
+            return after != before
         finally:
             os.close(fd)
 
