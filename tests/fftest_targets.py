@@ -130,3 +130,17 @@ def held_on_host(log: str, markers: str, seconds: float = 90.0) -> str:
         fh.write(json.dumps({"host": host, "pid": os.getpid(), "t": time.time()}) + "\n")
     hold(str(Path(markers) / host), seconds)
     return host
+
+
+def slow_setup_call(config: dict[str, Any]) -> Any:
+    """A process slot's call factory (``procslot``) whose calls first spend
+    ``config["setup"]`` seconds on set-up, as Prefect mode's calls create a child run,
+    then start the job's clock (``timeout_starts_now``)."""
+    from fifoflow.execution import direct_call, timeout_starts_now
+
+    def call(job: Any, fn: Any, kwargs: dict[str, Any], extra: dict[str, str]) -> Any:
+        time.sleep(config["setup"])
+        timeout_starts_now()
+        return direct_call(job, fn, kwargs, extra)
+
+    return call
