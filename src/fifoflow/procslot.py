@@ -16,6 +16,8 @@ child's environment before the factory's module is imported. While a job runs, i
 may ``tell_parent`` fields the dispatcher needs before the outcome (Prefect: the child
 run's id, so a cancel in Prefect can reach the run); the runner hands them to its
 ``on_note`` and, if the process is killed or dies, puts them in the outcome's ``extra``.
+Where the worker's ``call_starts_clock``, no timeout runs while the process starts and the
+call sets up; the call's ``timeout_starts_now`` (a note) starts it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .allowlist import Resolver, TargetNotAllowed, check_allowed
-from .execution import Call, direct_call, execute, one_line
+from .execution import Call, attempt_clock, direct_call, execute, one_line
 from .records import Claimed, Outcome
 from .resources import job_env
 
@@ -47,6 +49,8 @@ CLOSE_GRACE = 5.0
 
 #: A call factory and its config (JSON text): see the module docstring.
 Setup = tuple[str, str]
+#: The note a job's process sends when its call starts the job's clock (its set-up done).
+CLOCK_NOTE = "fifoflow.clock"
 #: Called in the slot thread with a note from the job's process: (job, fields, cancel flag).
 OnNote = Callable[[Claimed, dict[str, str], threading.Event], None]
 
@@ -78,6 +82,7 @@ def _child_main(
     sys.path[:0] = [p for p in sys_path if p not in sys.path]
     global _parent
     _parent = conn
+    attempt_clock.start = lambda: tell_parent({CLOCK_NOTE: "start"})  # timeout_starts_now
     resolver = Resolver(modules)
     call: Call = direct_call
     if setup is not None:
@@ -108,12 +113,16 @@ class ProcessRunner:
         url: str | None = None,
         pinned: bool = False,
         setup: Callable[[], Setup | None] | None = None,
+        call_starts_clock: bool = False,
     ) -> None:
         #: Jobs run pinned to their share (``CUDA_VISIBLE_DEVICES``, ``FIFOFLOW_RESOURCES``).
         self.pinned = pinned
         self._modules = list(modules)
         self._url = url
         self._setup = setup  # asked each time a child starts
+        #: The factory's call starts each job's clock (``timeout_starts_now``) once its
+        #: set-up is done; until then (and while the process starts) no timeout runs.
+        self.call_starts_clock = call_starts_clock and setup is not None
         #: Gets each note a job's process sends while it runs (``tell_parent``).
         self.on_note: OnNote | None = None
         self._ctx: Any = multiprocessing.get_context("spawn")
@@ -159,14 +168,16 @@ class ProcessRunner:
 
     def run(self, job: Claimed, cancel: threading.Event | None = None) -> Outcome:
         """The attempt's outcome; the child is killed if it overruns ``job.timeout``
-        (counted, in Prefect mode, from when its child run exists)."""
+        (counted, where the call starts the clock, from when it says so)."""
         try:
             check_allowed(job.target, self._modules)
         except TargetNotAllowed as e:
             return Outcome("dead", one_line(e))
         conn = self._ensure(job)
         cancel = cancel if cancel is not None else threading.Event()
-        deadline = None if job.timeout is None else time.monotonic() + job.timeout
+        deadline = None
+        if job.timeout is not None and not self.call_starts_clock:
+            deadline = time.monotonic() + job.timeout
         notes: dict[str, str] = {}
         try:
             self._busy = True
@@ -183,11 +194,13 @@ class ProcessRunner:
                 reply = json.loads(conn.recv_bytes())
                 if "note" not in reply:
                     break
-                notes.update(reply["note"])
-                if "flow_run_id" in reply["note"] and job.timeout is not None:
+                if reply["note"].pop(CLOCK_NOTE, None) and job.timeout is not None:
                     # its set-up is done (a Prefect child run exists): the job's own time
                     # starts now, however long a loaded machine took to get here
                     deadline = time.monotonic() + job.timeout
+                if not reply["note"]:
+                    continue
+                notes.update(reply["note"])
                 if self.on_note is not None:
                     self.on_note(job, dict(reply["note"]), cancel)
             self._busy = False

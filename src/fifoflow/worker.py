@@ -59,8 +59,9 @@ class Worker:
 
     #: How each job's function is called (Prefect mode: as a child flow run).
     call: Call = staticmethod(direct_call)
-    #: True if ``call`` has a set-up that is not the job's time and starts a thread slot's
-    #: timeout itself when it ends (``execution.timeout_starts_now``).
+    #: True if ``call`` (and the call factory's call of ``process_setup``) has a set-up
+    #: that is not the job's time and starts the slot's timeout itself when it ends
+    #: (``execution.timeout_starts_now``).
     call_starts_clock = False
 
     def __init__(
@@ -170,7 +171,9 @@ class Worker:
     def make_runner(self, resolver: Resolver) -> Runner:
         if self.processes:
             pinned = self.capacity is not None
-            return ProcessRunner(self.modules, self.broker.url, pinned, self.process_setup)
+            return ProcessRunner(
+                self.modules, self.broker.url, pinned, self.process_setup, self.call_starts_clock
+            )
         return ThreadRunner(resolver, self.call, self.broker.url)
 
     # -- public ----------------------------------------------------------------------

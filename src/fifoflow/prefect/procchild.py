@@ -19,7 +19,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from ..execution import Call, JobInfo
+from ..execution import Call, JobInfo, timeout_starts_now
 from ..procslot import tell_parent
 
 #: ``procslot`` imports the call factory by this name.
@@ -72,6 +72,7 @@ def make_call(config: dict[str, Any]) -> Call:
         child = attempts.create(job, fn, kwargs)
         extra["flow_run_id"] = child.run_id
         tell_parent({"flow_run_id": child.run_id})
+        timeout_starts_now()  # the job's own time starts with its child run
         state = attempts.run(job, child)
         extra["flow_run_state"] = str(state.name)
         return attempts.outcome(state, child.run_id)
