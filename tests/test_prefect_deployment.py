@@ -106,6 +106,8 @@ def prefect_setup() -> Iterator[PrefectSetup]:
     tests = str(Path(__file__).parent)
     overrides = {
         "PREFECT_HOME": str(home / "prefect"),
+        # the pool worker's flow runs (a deployed dispatcher) keep their files here too
+        "FIFOFLOW_HOME": str(home / "ff"),
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
