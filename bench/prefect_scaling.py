@@ -18,7 +18,10 @@ is meant for small shared machines where other work competes for the same cores.
 Without ``--api``, a ``prefect server start`` (SQLite, a temporary PREFECT_HOME, a free
 loopback port) is started for the run and stopped by pid at the end; with ``--database
 postgresql+asyncpg://...`` it uses that database instead, and ``--server-workers N`` runs
-N server processes (Prefect allows more than one only on PostgreSQL). Not a test.
+N server processes (Prefect allows more than one only on PostgreSQL); with ``--ephemeral``
+each measurement runs on Prefect's local ephemeral API (a server the worker's Prefect
+starts itself, on SQLite in the bench's PREFECT_HOME; its CPU is not in the table). Not a
+test.
 """
 
 from __future__ import annotations
@@ -172,13 +175,16 @@ def run_one(
 ) -> dict[str, Any]:
     env = dict(
         os.environ,
-        PREFECT_API_URL=api,
         PREFECT_HOME=str(home / "client"),
         PREFECT_LOGGING_LEVEL="WARNING",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     )
+    if api:
+        env["PREFECT_API_URL"] = api
+    else:
+        env.pop("PREFECT_API_URL", None)
     total0, idle0 = cpu_times()
     load0 = os.getloadavg()[0]
     server0 = group_cpu(pgid)
@@ -210,6 +216,11 @@ def main() -> int:
     p.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--modes", nargs="+", default=["threads", "processes"])
     p.add_argument("--api", help="a running Prefect API [start `prefect server start`]")
+    p.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="no server: each measurement runs on Prefect's local ephemeral API (SQLite)",
+    )
     p.add_argument("--database", help="the started server's database URL [SQLite]")
     p.add_argument("--server-workers", type=int, default=1, help="its processes [1]")
     p.add_argument("--json", help="also write the raw results to this file")
@@ -240,7 +251,9 @@ def main() -> int:
     before = ncpu * (1 - (idle1 - idle0) / max(total1 - total0, 1e-9))
     url = server.ensure_running(tmp / "ff", appendfsync="no")
     try:
-        if args.api:
+        if args.ephemeral:
+            api = ""  # run_one leaves PREFECT_API_URL unset
+        elif args.api:
             api = args.api
         else:
             server_proc, api = start_server(tmp, args.database, args.server_workers)
