@@ -10,10 +10,9 @@ Two at a time collided as often as no limit (113 at 4 slots).
 
 So the limit learns, as TCP's window does: it starts at the number of slots, halves on a
 503 and grows by one after ``GROW_AFTER`` answers in a row without one (longer after
-growths that failed). A server that
-takes concurrent writes (PostgreSQL) never answers "busy" and keeps every slot's request
-going at once; a SQLite one settles at one. The limit is shared by all processes
-using the gate (its ``limit`` file).
+growths that failed). A server that takes concurrent writes (PostgreSQL) never answers
+"busy" and keeps every slot's request going at once; a SQLite one settles at one. The
+limit is shared by all processes using the gate (its ``limit`` file).
 
 The tokens are lock files (``flock``), so one gate serves the thread slots of a worker,
 its process slots and every other worker of this machine on the same API and
