@@ -41,7 +41,7 @@ test-redis-min: $(MIN_VENV)/.installed
 		--ignore=tests/test_prefect_worker.py --ignore=tests/test_prefect_demo.py \
 		--ignore=tests/test_prefect_deployment.py --ignore=tests/test_prefect_runs.py \
 		--ignore=tests/test_alerts_prefect.py --ignore=tests/test_prefect_cancel_process.py \
-		--ignore=tests/test_package.py $(PYTEST_ARGS)
+		--ignore=tests/test_prefect_gate.py --ignore=tests/test_package.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
