@@ -17,7 +17,7 @@ from .gate import ApiGate
 
 
 @contextlib.contextmanager
-def api_client(gate: ApiGate | None = None) -> Iterator[SyncPrefectClient]:
+def api_client() -> Iterator[SyncPrefectClient]:
     """A Prefect API client that retries "busy" answers (503) within milliseconds.
 
     A SQLite-backed API (the ephemeral one, or ``prefect server start`` without Postgres)
@@ -25,11 +25,10 @@ def api_client(gate: ApiGate | None = None) -> Iterator[SyncPrefectClient]:
     it tries again, which would cost a child that much for a few milliseconds of lock,
     and makes slots that collide more often slower together than one alone. A 503 is
     retried here after 10 ms, 20 ms, ... 0.5 s; anything else, and a 503 that lasts, is
-    handed to Prefect's own retries unchanged (CSRF tokens and all). With a ``gate``,
-    each send waits for one of its tokens (``gate``: why).
+    handed to Prefect's own retries unchanged (CSRF tokens and all).
     """
     with get_client(sync_client=True) as client:
-        yield quick_retry(client, gate)
+        yield quick_retry(client)
 
 
 def quick_retry(client: SyncPrefectClient, gate: ApiGate | None = None) -> SyncPrefectClient:

@@ -44,7 +44,7 @@ def make_call(config: dict[str, Any]) -> Call:
         stack.enter_context(temporary_settings(updates={"flows.heartbeat_frequency": None}))
     gate = None
     if config.get("gate"):
-        with contextlib.suppress(OSError):  # unusable: ungated, as the dispatcher said
+        with contextlib.suppress(OSError):  # no lock files here: ungated
             gate = ApiGate(Path(config["gate"][0]), int(config["gate"][1]))
     client = quick_retry(stack.enter_context(SyncClientContext.get_or_create()).client, gate)
     template = config.get("run_name")
